@@ -1,0 +1,1 @@
+"""jaxbert: BERT multitask fine-tuning in JAX/Flax."""

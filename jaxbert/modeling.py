@@ -1,0 +1,282 @@
+"""BERT encoder in `flax.linen`, laid out so Hugging Face checkpoints map one to one.
+
+Module and parameter names follow the Hugging Face `BertModel` state dict (`embeddings`, `encoder/layer_N`,
+`attention/self/query`, ...) so `jaxbert.convert` is a plain table, not a search.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Dtype = Any
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # BERT's exact erf GELU
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Architecture hyperparameters, the fields of a Hugging Face BERT `config.json`."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
+            )
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any], source: str = "config") -> "BertConfig":
+        """Builds a config from a Hugging Face config dict; keys BERT does not use are ignored.
+
+        Raises:
+          ValueError: the config is not a BERT config, or uses a variant this encoder does not implement.
+        """
+        model_type = config.get("model_type", "bert")
+        if model_type != "bert":
+            raise ValueError(f"{source}: model_type is {model_type!r}, but jaxbert only implements 'bert'")
+        position_type = config.get("position_embedding_type", "absolute")
+        if position_type != "absolute":
+            raise ValueError(f"{source}: position_embedding_type {position_type!r} is not supported (only 'absolute')")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in config.items() if k in fields})
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> "BertConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no BERT config at {path}")
+        return cls.from_dict(json.loads(path.read_text()), source=str(path))
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The Hugging Face `config.json` contents for this architecture."""
+        return {
+            "architectures": ["BertModel"],
+            "model_type": "bert",
+            "position_embedding_type": "absolute",
+            **dataclasses.asdict(self),
+        }
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+def dense_init(config: BertConfig) -> nn.initializers.Initializer:
+    return nn.initializers.normal(stddev=config.initializer_range)
+
+
+class BertEmbeddings(nn.Module):
+    """Word + position + token-type embeddings, then LayerNorm and dropout."""
+
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool) -> Array:
+        """Args: input_ids, token_type_ids `[batch, seq]`. Returns `[batch, seq, hidden]`."""
+        cfg = self.config
+        embed = lambda num, name: nn.Embed(  # noqa: E731
+            num, cfg.hidden_size, embedding_init=dense_init(cfg), dtype=self.dtype, param_dtype=self.param_dtype,
+            name=name,
+        )
+        positions = jnp.arange(input_ids.shape[-1])[None, :]
+        x = (
+            embed(cfg.vocab_size, "word_embeddings")(input_ids)
+            + embed(cfg.max_position_embeddings, "position_embeddings")(positions)
+            + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
+        )
+        x = nn.LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name="LayerNorm")(x)
+        return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head scaled dot-product self-attention with an additive padding mask.
+
+    With attention-probability dropout inactive the product goes through `jax.nn.dot_product_attention`,
+    which lowers to the fused cuDNN kernel on GPU; dropout on the probabilities needs them materialized,
+    so training with it takes the explicit path.
+    """
+
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, attention_mask: Array, deterministic: bool) -> Array:
+        """Args: x `[batch, seq, hidden]`; attention_mask `[batch, seq]`, 1 for tokens, 0 for padding.
+
+        Returns: the per-head contexts merged back to `[batch, seq, hidden]` (before the output projection).
+        """
+        cfg = self.config
+        proj = lambda name: nn.DenseGeneral(  # noqa: E731
+            (cfg.num_attention_heads, cfg.head_dim), kernel_init=dense_init(cfg), dtype=self.dtype,
+            param_dtype=self.param_dtype, name=name,
+        )
+        q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)  # [batch, seq, heads, head_dim]
+        mask = attention_mask[:, None, None, :].astype(bool)  # [batch, 1, 1(query), seq(key)]
+        dropout = cfg.attention_probs_dropout_prob
+        if deterministic or dropout == 0.0:
+            context = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        else:
+            context = explicit_attention(q, k, v, mask, self.make_rng("dropout"), dropout)
+        return context.reshape(*context.shape[:2], cfg.hidden_size)
+
+
+def explicit_attention(q: Array, k: Array, v: Array, mask: Array, dropout_rng: Array, dropout_rate: float) -> Array:
+    """softmax(q kᵀ / √d + mask) v with dropout on the probabilities; softmax in float32.
+
+    Args: q, k, v `[batch, seq, heads, head_dim]`; mask broadcastable to `[batch, heads, seq, seq]`.
+    Returns: `[batch, seq, heads, head_dim]` in q's dtype.
+    """
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(q.shape[-1])
+    # The most negative finite float, as Hugging Face uses: -inf would turn fully masked rows into NaN.
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(q.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+class BertResidual(nn.Module):
+    """Dense → dropout → LayerNorm(x + residual): the post-LN output block used twice per layer."""
+
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, residual: Array, deterministic: bool) -> Array:
+        cfg = self.config
+        x = nn.Dense(
+            cfg.hidden_size, kernel_init=dense_init(cfg), dtype=self.dtype, param_dtype=self.param_dtype, name="dense"
+        )(x)
+        x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        return nn.LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name="LayerNorm")(
+            x + residual
+        )
+
+
+class BertAttention(nn.Module):
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, attention_mask: Array, deterministic: bool) -> Array:
+        kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
+        context = BertSelfAttention(**kw, name="self")(x, attention_mask, deterministic)
+        return BertResidual(**kw, name="output")(context, x, deterministic)
+
+
+class BertLayer(nn.Module):
+    """One post-LN Transformer layer: attention block, then the GELU feed-forward block."""
+
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, attention_mask: Array, deterministic: bool) -> Array:
+        """Args: x `[batch, seq, hidden]`, attention_mask `[batch, seq]`. Returns `[batch, seq, hidden]`."""
+        cfg = self.config
+        kw = dict(config=cfg, dtype=self.dtype, param_dtype=self.param_dtype)
+        attended = BertAttention(**kw, name="attention")(x, attention_mask, deterministic)
+        hidden = nn.Dense(
+            cfg.intermediate_size, kernel_init=dense_init(cfg), dtype=self.dtype, param_dtype=self.param_dtype,
+            name="intermediate",
+        )(attended)
+        hidden = ACTIVATIONS[cfg.hidden_act](hidden)
+        return BertResidual(**kw, name="output")(hidden, attended, deterministic)
+
+
+class BertEncoder(nn.Module):
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, attention_mask: Array, deterministic: bool) -> Array:
+        for i in range(self.config.num_hidden_layers):
+            x = BertLayer(self.config, self.dtype, self.param_dtype, name=f"layer_{i}")(x, attention_mask, deterministic)
+        return x
+
+
+class BertModel(nn.Module):
+    """The BERT encoder and pooler.
+
+    `embed` and `encode` are exposed separately so a regularizer (SMART) can perturb the embedding output
+    and run the rest of the network on it.
+    """
+
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
+        self.embeddings = BertEmbeddings(**kw)
+        self.encoder = BertEncoder(**kw)
+        self.pooler = nn.Dense(
+            self.config.hidden_size, kernel_init=dense_init(self.config), dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+
+    def embed(self, input_ids: Array, token_type_ids: Array | None = None, deterministic: bool = True) -> Array:
+        """`[batch, seq]` token ids → `[batch, seq, hidden]` embedding-layer output."""
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        return self.embeddings(input_ids, token_type_ids, deterministic)
+
+    def encode(self, embeddings: Array, attention_mask: Array, deterministic: bool = True) -> dict[str, Array]:
+        """Runs the Transformer stack and pooler on embedding-layer output `[batch, seq, hidden]`."""
+        hidden = self.encoder(embeddings, attention_mask, deterministic)
+        pooled = jnp.tanh(self.pooler(hidden[:, 0]))
+        return {"last_hidden_state": hidden, "pooler_output": pooled}
+
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array,
+        token_type_ids: Array | None = None,
+        deterministic: bool = True,
+    ) -> dict[str, Array]:
+        """Args:
+          input_ids: `[batch, seq]` WordPiece ids.
+          attention_mask: `[batch, seq]`, 1 for real tokens, 0 for padding.
+          token_type_ids: `[batch, seq]` segment ids; zeros when omitted.
+          deterministic: disables dropout; when False a `dropout` PRNG stream is required.
+
+        Returns: `last_hidden_state` `[batch, seq, hidden]` and `pooler_output` `[batch, hidden]`.
+        """
+        return self.encode(self.embed(input_ids, token_type_ids, deterministic), attention_mask, deterministic)
