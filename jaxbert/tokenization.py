@@ -7,6 +7,8 @@ or torch at run time. Output is NumPy ``int32``, ready to hand to JAX.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Sequence
 
@@ -84,6 +86,17 @@ class BertTokenizer:
     @property
     def sep_id(self) -> int:
         return self._ids["[SEP]"]
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of everything that decides the ids (vocabulary, normalizer, templates), for cache keys.
+
+        Truncation and padding are per-call settings that `encode` resets, so they are left out.
+        """
+        config = json.loads(self._tok.to_str())
+        config.pop("truncation", None)
+        config.pop("padding", None)
+        return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
     def encode(
         self,

@@ -1,0 +1,309 @@
+"""Typed run configuration: dataclasses filled from YAML files and `--key=value` overrides, strictly.
+
+An unknown key or a value of the wrong type is an error that names it. Overrides address a field by its
+dotted path (`--train.lr=3e-5`) or, when the name is unique across sections, by its bare name (`--lr=3e-5`,
+`--sampler=roundrobin`); a bare `--flag` sets a boolean to true.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    checkpoint: str = "checkpoints/bert-base-uncased"  # converted folder, Hugging Face folder or Hub id
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+    freeze_encoder: bool = False  # train the heads only
+    hidden_dropout: float | None = None  # override the checkpoint's dropout rates
+    attention_dropout: float | None = None
+
+
+@dataclasses.dataclass
+class HeadsConfig:
+    dropout: float = 0.1
+    sst_pooling: str = "cls"  # cls | pooler | mean | max
+    pair_pooling: str = "cls"
+    para_encoding: str = "cross"  # cross | bi
+    sts_encoding: str = "bi"  # bi | cross
+    sts_head: str = "cosine"  # cosine | cosine_concat | linear (the only choice with cross encoding)
+    para_prompt: str | None = None  # text placed before a cross-encoded paraphrase pair
+
+
+@dataclasses.dataclass
+class DataConfig:
+    data_dir: str = "data"
+    source: str = "local"  # local | hf (Hugging Face datasets: SST-5, GLUE QQP, STS-B)
+    files: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # {sst: {train: path}} overrides
+    max_length: int = 128
+    buckets: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 128])
+    cache_dir: str | None = "data/.cache"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    sampler: str = "roundrobin"  # roundrobin | sequential | proportional | annealed
+    epoch_length: str = "min"  # roundrobin: min | max | steps
+    steps_per_epoch: int | None = None
+    loss_combination: str = "sum"  # sum | mean | weights | balanced
+    loss_weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    surgery: str = "none"  # none | pcgrad | cagrad | mgda | imtl_g: how the shared encoder's task gradients combine
+    epochs: int = 10
+    max_steps: int | None = None  # caps the whole run, the LR schedule included
+    batch_size: int = 32  # per task, across all devices
+    eval_batch_size: int = 128
+    lr: float = 2e-5
+    schedule: str = "constant"  # constant | linear (warm-up then linear decay)
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    clip_norm: float | None = None
+    eps: float = 1e-6
+    seed: int = 0
+    group_by_length: int = 0  # sort each run of N batches by length so batches pad little (0: off)
+    checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
+    log_every: int = 10
+
+
+@dataclasses.dataclass
+class Config:
+    tasks: list[str] = dataclasses.field(default_factory=lambda: ["sst", "para", "sts"])
+    out: str = "runs/default"
+    resume: bool = False
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    heads: HeadsConfig = dataclasses.field(default_factory=HeadsConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _is_dataclass_type(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Checks `value` against the annotation `tp`, converting strings from the command line."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {_coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise TypeError(f"{key}: unsupported annotation {tp}")
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _apply(obj, updates: dict[str, Any], prefix: str = "") -> None:
+    """Sets nested fields of `obj` from a (possibly nested) mapping, strictly."""
+    types_ = _field_types(type(obj))
+    for name, value in updates.items():
+        key = f"{prefix}{name}"
+        if name not in types_:
+            raise ConfigError(f"unknown config key {key!r}; known keys here: {', '.join(types_)}")
+        tp = types_[name]
+        if _is_dataclass_type(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            _apply(getattr(obj, name), value, f"{key}.")
+        else:
+            setattr(obj, name, _coerce(value, tp, key))
+
+
+def leaf_paths(cls=Config, prefix: str = "") -> dict[str, Any]:
+    """`{"train.lr": float, ...}` for every settable field."""
+    paths = {}
+    for name, tp in _field_types(cls).items():
+        if _is_dataclass_type(tp):
+            paths.update(leaf_paths(tp, f"{prefix}{name}."))
+        else:
+            paths[f"{prefix}{name}"] = tp
+    return paths
+
+
+def resolve_key(name: str) -> str:
+    """Maps `lr` or `train.lr` to the dotted path of exactly one field."""
+    name = name.replace("-", "_")
+    paths = leaf_paths()
+    if name in paths:
+        return name
+    matches = [p for p in paths if p.rsplit(".", 1)[-1] == name]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise ConfigError(f"--{name} is ambiguous: say one of {', '.join('--' + m for m in matches)}")
+    raise ConfigError(f"unknown option --{name}")
+
+
+def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
+    """`['--sampler=roundrobin', '--tasks', 'sst', '--pcgrad']` → `{"train.sampler": "roundrobin", ...}`.
+
+    Values stay strings here; they are typed when applied.
+    """
+    overrides, i = {}, 0
+    paths = leaf_paths()
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}: options look like --key=value")
+        name, eq, value = arg[2:].partition("=")
+        key = resolve_key(name)
+        if not eq:
+            takes_value = paths[key] is not bool
+            if i + 1 < len(argv) and not argv[i + 1].startswith("--") and (
+                    takes_value or argv[i + 1].lower() in ("true", "false")):
+                value, i = argv[i + 1], i + 1
+            elif takes_value:
+                raise ConfigError(f"--{name} needs a value")
+            else:
+                value = "true"
+        overrides[key] = value
+        i += 1
+    return overrides
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the YAML file (which may name a `base:` file it extends), then the overrides."""
+    config = Config()
+    for layer in _yaml_layers(Path(path)) if path else []:
+        _apply(config, layer)
+    _apply(config, nest(overrides or {}))
+    validate(config)
+    return config
+
+
+def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file {path} extends itself through `base:`")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    base = data.pop("base", None)
+    layers = _yaml_layers(path.parent / base, (*seen, path.resolve())) if base else []
+    try:
+        _apply(Config(), data)  # strict check with the file named in the message
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return [*layers, data]
+
+
+CHOICES = {
+    "model.dtype": ("float32", "bfloat16"),
+    "heads.sst_pooling": ("cls", "pooler", "mean", "max"),
+    "heads.pair_pooling": ("cls", "pooler", "mean", "max"),
+    "heads.para_encoding": ("cross", "bi"),
+    "heads.sts_encoding": ("bi", "cross"),
+    "heads.sts_head": ("cosine", "cosine_concat", "linear"),
+    "data.source": ("local", "hf"),
+    "train.sampler": ("roundrobin", "sequential", "proportional", "annealed"),
+    "train.epoch_length": ("min", "max", "steps"),
+    "train.loss_combination": ("sum", "mean", "weights", "balanced"),
+    "train.schedule": ("constant", "linear"),
+    "train.surgery": ("none", "pcgrad", "cagrad", "mgda", "imtl_g"),
+}
+KNOWN_TASKS = ("sst", "cfimdb", "para", "sts")
+
+
+def get(config: Config, key: str) -> Any:
+    node = config
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def validate(config: Config) -> None:
+    for key, allowed in CHOICES.items():
+        if get(config, key) not in allowed:
+            raise ConfigError(f"{key} is {get(config, key)!r}; allowed: {', '.join(allowed)}")
+    unknown = [t for t in config.tasks if t not in KNOWN_TASKS]
+    if unknown or not config.tasks:
+        raise ConfigError(f"tasks {config.tasks} must be a non-empty subset of {', '.join(KNOWN_TASKS)}")
+    if config.heads.sts_encoding == "cross" and config.heads.sts_head != "linear":
+        raise ConfigError("heads.sts_head must be 'linear' when heads.sts_encoding is 'cross' (no sentence pair to "
+                          "take a cosine of)")
+    if config.train.epoch_length == "steps" and not config.train.steps_per_epoch:
+        raise ConfigError("train.epoch_length 'steps' needs train.steps_per_epoch")
+    if config.data.max_length not in config.data.buckets:
+        raise ConfigError(f"data.buckets {config.data.buckets} must include data.max_length {config.data.max_length}")
+    if config.train.surgery != "none" and config.train.loss_combination not in ("sum", "mean"):
+        raise ConfigError(f"train.surgery {config.train.surgery!r} combines raw task gradients: "
+                          f"train.loss_combination must be sum or mean, not {config.train.loss_combination!r}")
+    weights = config.train.loss_weights
+    if config.train.loss_combination == "weights" and set(weights) != set(config.tasks):
+        raise ConfigError(f"train.loss_weights must give a weight for each task {config.tasks}, got {weights}")
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -1,0 +1,590 @@
+"""Task data for multitask BERT fine-tuning: read, validate, tokenize once, batch.
+
+Tasks (CS224N minBERT): SST-5 and CFIMDB sentiment (single sentence), Quora
+paraphrase detection and STS-B similarity (sentence pairs). Files are the course's
+tab-separated CSVs: an unnamed row-index column, ``id``, text column(s) and a label
+column, which the student test files lack.
+
+Pipeline::
+
+    examples = read_split(path, TASKS["para"])           # validated rows, skip counts
+    encoded = encode_split(examples, tok, max_length=128,  # int32 [N, 128] arrays, cached
+                           pair_encoding="cross", cache_dir=Path("cache"))
+    length = batch_length(encoded, idx, buckets=(32, 64, 128))
+    batch = make_batch(encoded, idx, length)               # int32 [len(idx), length]
+
+Arrays are tokenized once, padded to ``max_length`` and cropped per batch to a
+length bucket, so jit compiles one program per bucket instead of one per batch shape.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from jaxbert.tokenization import BertTokenizer
+
+SPLITS = ("train", "dev", "test")
+PAIR_ENCODINGS = ("bi", "cross")
+MAX_SKIPPED_ROWS = 5  # row numbers kept per skip reason, for messages and logs
+# Bump when the cached arrays' layout or the reading/encoding rules change.
+_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How one task's files look and how its labels are validated.
+
+    ``label_range`` is inclusive: class and binary labels must be integers in it
+    (``"1.0"`` counts as 1), scores are floats in it.
+    """
+
+    name: str
+    text_columns: tuple[str, ...]
+    label_column: str
+    label_kind: Literal["class", "binary", "score"]
+    num_classes: int  # 0 for regression
+    label_range: tuple[float, float]
+    train_file: str
+    dev_file: str
+    test_file: str
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.text_columns) == 2
+
+    def default_file(self, split: str) -> str:
+        """The course's file name for ``split`` ("train", "dev" or "test")."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        return getattr(self, f"{split}_file")
+
+
+_ONE, _TWO = ("sentence",), ("sentence1", "sentence2")
+TASKS: dict[str, TaskSpec] = {
+    "sst": TaskSpec("sst", _ONE, "sentiment", "class", 5, (0, 4),
+                    "ids-sst-train.csv", "ids-sst-dev.csv", "ids-sst-test-student.csv"),
+    "cfimdb": TaskSpec("cfimdb", _ONE, "sentiment", "binary", 2, (0, 1),
+                       "ids-cfimdb-train.csv", "ids-cfimdb-dev.csv", "ids-cfimdb-test-student.csv"),
+    "para": TaskSpec("para", _TWO, "is_duplicate", "binary", 2, (0, 1),
+                     "quora-train.csv", "quora-dev.csv", "quora-test-student.csv"),
+    "sts": TaskSpec("sts", _TWO, "similarity", "score", 0, (0.0, 5.0),
+                    "sts-train.csv", "sts-dev.csv", "sts-test-student.csv"),
+}
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Examples:
+    """Validated rows of one split.
+
+    ``texts``/``pairs`` are whitespace-stripped; ``pairs`` is None for single-sentence
+    tasks. ``labels`` is int32 ``[N]`` (class/binary) or float32 ``[N]`` (score), or
+    None when the source has no labels (predicted, not scored). ``skipped`` counts
+    rejected rows by reason; ``skipped_rows`` keeps the first few 1-based data-row
+    numbers (header excluded) per reason.
+    """
+
+    task: TaskSpec
+    path: Path | str
+    ids: list[str]
+    texts: list[str]
+    pairs: list[str] | None
+    labels: np.ndarray | None
+    skipped: dict[str, int] = field(default_factory=dict)
+    skipped_rows: dict[str, list[int]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def name(self) -> str:
+        """File name for files, the full source string otherwise (e.g. ``hf:SetFit/sst5:train``)."""
+        return self.path.name if isinstance(self.path, Path) else str(self.path)
+
+    def summary(self) -> str:
+        """One line, e.g. ``quora-train.csv: 14,212 rows, skipped 2 (empty label 2: rows 1801, 9961)``."""
+        total = sum(self.skipped.values())
+        line = f"{self.name}: {len(self):,} rows"
+        if self.labels is None:
+            line += " (unlabeled)"
+        if not total:
+            return line + ", none skipped"
+        parts = []
+        for reason, count in sorted(self.skipped.items(), key=lambda kv: -kv[1]):
+            rows = ", ".join(map(str, self.skipped_rows.get(reason, [])))
+            more = ", ..." if count > len(self.skipped_rows.get(reason, [])) else ""
+            parts.append(f"{reason} {count:,}: rows {rows}{more}")
+        return f"{line}, skipped {total:,} ({'; '.join(parts)})"
+
+
+class _Collector:
+    """Accumulates accepted rows and skip reasons while a source is read."""
+
+    def __init__(self, task: TaskSpec, labeled: bool) -> None:
+        self.task, self.labeled = task, labeled
+        self.ids: list[str] = []
+        self.columns: list[list[str]] = [[] for _ in task.text_columns]
+        self.labels: list[float] = []
+        self.skipped: Counter[str] = Counter()
+        self.skipped_rows: dict[str, list[int]] = {}
+
+    def skip(self, reason: str, row: int) -> None:
+        self.skipped[reason] += 1
+        kept = self.skipped_rows.setdefault(reason, [])
+        if len(kept) < MAX_SKIPPED_ROWS:
+            kept.append(row)
+
+    def add(self, row: int, id_: object, texts: Sequence[object], label: object = None) -> None:
+        value = None
+        if self.labeled:
+            value, reason = _parse_label(label, self.task)
+            if reason:
+                return self.skip(reason, row)
+        stripped = [("" if t is None else str(t)).strip() for t in texts]
+        if not all(stripped):
+            return self.skip("empty text", row)
+        self.ids.append(str(id_).strip())
+        for column, text in zip(self.columns, stripped):
+            column.append(text)
+        if value is not None:
+            self.labels.append(value)
+
+    def build(self, path: Path | str) -> Examples:
+        labels = None
+        if self.labeled:
+            labels = np.asarray(self.labels, np.float32 if self.task.label_kind == "score" else np.int32)
+        return Examples(self.task, path, self.ids, self.columns[0],
+                        self.columns[1] if self.task.is_pair else None, labels,
+                        dict(self.skipped), self.skipped_rows)
+
+
+def _parse_label(raw: object, task: TaskSpec) -> tuple[float | None, str | None]:
+    """Returns ``(value, None)`` or ``(None, skip reason)``."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None, "empty label"
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None, "unparsable label"
+    if not math.isfinite(value):
+        return None, "unparsable label"
+    lo, hi = task.label_range
+    if task.label_kind != "score":
+        # Quora stores 0/1 as "0.0"/"1.0"; a fractional class is corrupt, not out of range.
+        if not value.is_integer():
+            return None, "unparsable label"
+        value = int(value)
+    if not lo <= value <= hi:
+        return None, "label out of range"
+    return value, None
+
+
+def read_split(path: str | os.PathLike, task: TaskSpec, *, require_labels: bool = False) -> Examples:
+    """Read and validate one tab-separated course file.
+
+    Quoting follows pandas' ``read_csv`` default (a field starting with ``"`` is quoted,
+    ``""`` inside is a literal quote, quoted fields may span lines); for the course
+    files this matches pandas field for field.
+
+    Rows are skipped and counted, never silently dropped, for: a wrong field count
+    ("malformed row"), an empty, unparsable or out-of-range label, or an empty text.
+
+    Args:
+        path: the file.
+        task: its task; decides the columns and label validation.
+        require_labels: raise when the label column is absent (train/dev files);
+            otherwise a file without it is read as unlabeled (``labels`` None).
+
+    Raises:
+        FileNotFoundError: naming the file.
+        ValueError: the file is empty, not valid CSV, or lacks a needed column
+            (the message names the file, the missing and the expected columns).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{task.name} data file not found: {path}")
+    # newline="" lets csv see quoted line breaks; utf-8-sig tolerates a BOM.
+    with path.open(newline="", encoding="utf-8-sig") as fp:
+        reader = csv.reader(fp, delimiter="\t")
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"{path}: empty file, expected a header row")
+        header = [h.strip() for h in header]
+        expected = ["id", *task.text_columns, task.label_column]
+        labeled = task.label_column in header
+        missing = [c for c in expected[:-1] if c not in header]
+        if require_labels and not labeled:
+            missing.append(task.label_column)
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; expected columns "
+                             f"{expected} for {task.name} (label optional in test files), found {header}")
+        where = {c: header.index(c) for c in expected if c in header}
+        collector = _Collector(task, labeled)
+        row = 0
+        try:
+            for row, fields in enumerate(reader, start=1):
+                if len(fields) != len(header):
+                    collector.skip("malformed row", row)
+                    continue
+                collector.add(row, fields[where["id"]], [fields[where[c]] for c in task.text_columns],
+                              fields[where[task.label_column]] if labeled else None)
+        except csv.Error as e:  # e.g. an unclosed quote swallowing the rest of the file
+            raise ValueError(f"{path}: CSV error after data row {row}: {e}") from e
+    return collector.build(path)
+
+
+# Hugging Face sources: (dataset, config, text columns, label column, label scale).
+_HF_SOURCES: dict[str, tuple[str, str | None, tuple[str, ...], str, float]] = {
+    "sst": ("SetFit/sst5", None, ("text",), "label", 1.0),
+    "para": ("nyu-mll/glue", "qqp", ("question1", "question2"), "label", 1.0),
+    "sts": ("sentence-transformers/stsb", None, ("sentence1", "sentence2"), "score", 5.0),  # 0-1 -> 0-5
+}
+
+
+def read_hf_split(task: TaskSpec, split: str) -> Examples:
+    """Load a split from the Hugging Face hub into the same :class:`Examples`.
+
+    SST-5 from ``SetFit/sst5``, Quora from GLUE QQP (``nyu-mll/glue``, "qqp"), STS-B
+    from ``sentence-transformers/stsb`` (scores rescaled from 0-1 to 0-5). A split
+    whose labels are all missing or -1 (GLUE's hidden test labels) is unlabeled;
+    isolated -1 labels are skipped as "empty label".
+
+    Args:
+        task: ``TASKS["sst"]``, ``TASKS["para"]`` or ``TASKS["sts"]``.
+        split: "train", "dev" (= hub "validation") or "test".
+
+    Raises:
+        ValueError: the task has no hub source or the split is unknown.
+    """
+    if task.name not in _HF_SOURCES:
+        raise ValueError(f"no Hugging Face source for task {task.name!r}; have {sorted(_HF_SOURCES)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    import datasets  # lazy: only online users need it, and it is slow to import
+
+    name, config, text_columns, label_column, scale = _HF_SOURCES[task.name]
+    hub_split = "validation" if split == "dev" else split
+    ds = datasets.load_dataset(name, config, split=hub_split)
+    missing = [c for c in text_columns if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{name}:{hub_split}: missing column(s) {missing}; found {ds.column_names}")
+    raw = ds[label_column] if label_column in ds.column_names else []
+    raw = [None if v is None or v == -1 else v * scale for v in raw]
+    labeled = any(v is not None for v in raw)
+    ids = ds["idx"] if "idx" in ds.column_names else [f"{hub_split}-{i}" for i in range(len(ds))]
+    collector = _Collector(task, labeled)
+    columns = [ds[c] for c in text_columns]
+    for i in range(len(ds)):
+        collector.add(i + 1, ids[i], [col[i] for col in columns], raw[i] if labeled else None)
+    return collector.build(f"hf:{name}{':' + config if config else ''}:{hub_split}")
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+@dataclass
+class Encoded:
+    """One split tokenized once, right-padded to ``max_length``.
+
+    ``inputs`` holds int32 ``[N, max_length]`` arrays ``input_ids``, ``attention_mask``,
+    ``token_type_ids`` and, for bi-encoded pairs, the second sentence's
+    ``input_ids_b``, ``attention_mask_b``, ``token_type_ids_b``. ``lengths`` int32 ``[N]``
+    is each example's longest real sequence after truncation (what a batch may be
+    cropped to). ``labels`` as in :class:`Examples`. ``num_truncated`` counts truncated
+    sequences (for bi-encoding each sentence counts).
+    """
+
+    task: TaskSpec
+    split_name: str
+    ids: np.ndarray
+    inputs: dict[str, np.ndarray]
+    lengths: np.ndarray
+    labels: np.ndarray | None
+    num_truncated: int
+    cached: bool = False  # loaded from the cache rather than tokenized
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def max_length(self) -> int:
+        return self.inputs["input_ids"].shape[1]
+
+    @property
+    def bi_encoded(self) -> bool:
+        return "input_ids_b" in self.inputs
+
+
+def _content_digest(examples: Examples) -> str:
+    # Hashing the parsed rows rather than the file bytes also invalidates the cache when
+    # the reading rules change, and covers hub sources that have no file.
+    h = hashlib.sha1()
+    for column in (examples.ids, examples.texts, examples.pairs or []):
+        h.update("\x1f".join(column).encode())
+        h.update(b"\x1e")
+    if examples.labels is not None:
+        h.update(examples.labels.tobytes())
+    return h.hexdigest()
+
+
+def encode_split(
+    examples: Examples,
+    tokenizer: BertTokenizer,
+    *,
+    max_length: int,
+    pair_encoding: str = "cross",
+    prompt: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    split_name: str | None = None,
+) -> Encoded:
+    """Tokenize a split into fixed-width arrays, optionally via an ``.npz`` cache.
+
+    Args:
+        examples: from :func:`read_split` or :func:`read_hf_split`.
+        tokenizer: the model's tokenizer.
+        max_length: tokens per sequence, special tokens included; also the padded width.
+        pair_encoding: for pair tasks, "cross" (``[CLS] s1 [SEP] s2 [SEP]``, s2 with
+            token type 1) or "bi" (each sentence alone, second into the ``*_b`` arrays).
+            Ignored for single-sentence tasks.
+        prompt: pair tasks with cross encoding only: text placed before the first
+            sentence, e.g. "Are these questions asking the same thing?".
+        cache_dir: if given, arrays are stored in / loaded from
+            ``{cache_dir}/{task}-{split}-{hash}.npz``, the hash covering the rows, the
+            tokenizer, ``max_length``, the pair encoding and the prompt.
+        split_name: recorded in the result and the cache name; defaults to the source name.
+
+    Raises:
+        ValueError: unknown ``pair_encoding``, or ``prompt`` where it does not apply.
+    """
+    task = examples.task
+    if task.is_pair and pair_encoding not in PAIR_ENCODINGS:
+        raise ValueError(f"pair_encoding must be one of {PAIR_ENCODINGS}, got {pair_encoding!r}")
+    if prompt is not None and not (task.is_pair and pair_encoding == "cross"):
+        raise ValueError(f"prompt applies to cross-encoded pair tasks only, not {task.name} "
+                         f"with pair_encoding={pair_encoding!r}")
+    if prompt is not None and not prompt.strip():
+        raise ValueError("prompt is blank; pass None for no prompt")
+    mode = pair_encoding if task.is_pair else "single"  # so ignored settings do not split the cache
+    split_name = split_name or examples.name.removesuffix(".csv")
+
+    cache_path = None
+    if cache_dir is not None:
+        key = repr((_CACHE_VERSION, task.name, _content_digest(examples), tokenizer.fingerprint,
+                    max_length, mode, prompt))
+        safe_split = "".join(c if c.isalnum() or c in "-_" else "_" for c in split_name)
+        cache_path = Path(cache_dir) / f"{task.name}-{safe_split}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
+        loaded = _load_cache(cache_path, task, split_name)
+        if loaded is not None:
+            return loaded
+
+    def encode(texts: Sequence[str], pairs: Sequence[str] | None = None) -> tuple[dict[str, np.ndarray], int]:
+        out = tokenizer.encode(texts, pairs, max_length=max_length, pad_to=max_length)
+        truncated = int(out.pop("num_truncated"))
+        return out, truncated
+
+    if mode == "bi":
+        inputs, num_truncated = encode(examples.texts)
+        second, truncated_b = encode(examples.pairs)
+        inputs.update({f"{k}_b": v for k, v in second.items()})
+        num_truncated += truncated_b
+        lengths = np.maximum(inputs["attention_mask"].sum(1), inputs["attention_mask_b"].sum(1))
+    else:
+        texts = examples.texts if prompt is None else [f"{prompt.strip()} {t}" for t in examples.texts]
+        inputs, num_truncated = encode(texts, examples.pairs)
+        lengths = inputs["attention_mask"].sum(1)
+
+    encoded = Encoded(task, split_name, np.asarray(examples.ids, dtype=str), inputs,
+                      lengths.astype(np.int32), examples.labels, num_truncated)
+    if cache_path is not None:
+        _save_cache(cache_path, encoded)
+    return encoded
+
+
+def _save_cache(path: Path, encoded: Encoded) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {**{f"inputs/{k}": v for k, v in encoded.inputs.items()},
+              "ids": encoded.ids, "lengths": encoded.lengths,
+              "num_truncated": np.asarray(encoded.num_truncated)}
+    if encoded.labels is not None:
+        arrays["labels"] = encoded.labels
+    # Write-then-rename so a crash or a concurrent reader never sees half a file.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as fp:
+        np.savez(fp, **arrays)
+    os.replace(tmp, path)
+
+
+def _load_cache(path: Path, task: TaskSpec, split_name: str) -> Encoded | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None  # unreadable cache: tokenize again and overwrite it
+    inputs = {k.removeprefix("inputs/"): v for k, v in arrays.items() if k.startswith("inputs/")}
+    return Encoded(task, split_name, arrays["ids"], inputs, arrays["lengths"], arrays.get("labels"),
+                   int(arrays["num_truncated"]), cached=True)
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def check_buckets(buckets: Sequence[int], max_length: int) -> tuple[int, ...]:
+    """Sorted unique buckets; ``max_length`` must be one and the largest, so every
+    example fits some bucket.
+
+    Raises:
+        ValueError: otherwise, or a bucket is not positive.
+    """
+    out = tuple(sorted({int(b) for b in buckets}))
+    if not out or out[0] < 1 or out[-1] != max_length:
+        raise ValueError(f"length buckets {list(buckets)} must be positive with max_length={max_length} the largest")
+    return out
+
+
+def bucket_length(max_len: int, buckets: Sequence[int]) -> int:
+    """Smallest bucket ``>= max_len``; the largest bucket if ``max_len`` exceeds all."""
+    if not buckets:
+        raise ValueError("no length buckets")
+    fitting = [b for b in buckets if b >= max_len]
+    return min(fitting) if fitting else max(buckets)
+
+
+def batch_length(encoded: Encoded, indices: np.ndarray, buckets: Sequence[int]) -> int:
+    """The bucketed width for a batch of ``indices``."""
+    longest = int(encoded.lengths[indices].max()) if len(indices) else 1
+    return bucket_length(longest, buckets)
+
+
+def make_batch(encoded: Encoded, indices: np.ndarray, length: int) -> dict[str, np.ndarray]:
+    """Gather rows ``indices`` cropped to ``length`` tokens.
+
+    Cropping is lossless because rows are right-padded and ``length`` is checked to
+    cover the batch's longest real sequence.
+
+    Returns:
+        Every ``encoded.inputs`` array as int32 ``[len(indices), length]`` plus
+        ``labels`` ``[len(indices)]`` when the split is labeled.
+
+    Raises:
+        ValueError: ``length`` would cut real tokens or exceeds the padded width.
+    """
+    indices = np.asarray(indices)
+    longest = int(encoded.lengths[indices].max()) if len(indices) else 0
+    if not longest <= length <= encoded.max_length:
+        raise ValueError(f"batch length {length} must lie in [{longest} (longest row in batch), "
+                         f"{encoded.max_length} (padded width)]")
+    batch = {k: v[indices, :length] for k, v in encoded.inputs.items()}
+    if encoded.labels is not None:
+        batch["labels"] = encoded.labels[indices]
+    return batch
+
+
+def pad_indices(indices: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad ``indices`` to a length divisible by ``multiple`` by repeating the last index.
+
+    Used at evaluation so every device gets an equal share; the mask tells which rows
+    are real so repeated ones are not scored twice.
+
+    Returns:
+        ``(padded [M], valid bool [M])`` with ``M`` the next multiple of ``multiple``.
+    """
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    indices = np.asarray(indices)
+    n = len(indices)
+    pad = -n % multiple
+    valid = np.arange(n + pad) < n
+    if n == 0:
+        return indices, valid
+    return np.concatenate([indices, np.repeat(indices[-1:], pad)]), valid
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_task_data(
+    task_names: Iterable[str],
+    splits: Iterable[str],
+    data_dir: str | os.PathLike,
+    files: Mapping[str, Mapping[str, str]] | None,
+    tokenizer: BertTokenizer,
+    *,
+    max_length: int,
+    pair_encoding: Mapping[str, str],
+    prompt: Mapping[str, str | None] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    source: str = "local",
+    log: Callable[[str], None] = print,
+) -> dict[str, dict[str, Encoded]]:
+    """Read, validate and encode every requested ``(task, split)``.
+
+    Args:
+        task_names: keys of :data:`TASKS`.
+        splits: among "train", "dev", "test".
+        data_dir: folder holding the default file names.
+        files: optional overrides ``{task: {split: path}}``, relative to ``data_dir``
+            unless absolute.
+        tokenizer, max_length, cache_dir: as in :func:`encode_split`.
+        pair_encoding: ``{task: "bi" | "cross"}``, needed for each pair task.
+        prompt: optional ``{task: prompt}`` for cross-encoded pair tasks.
+        source: "local" reads the course's files; "hf" reads the Hugging Face datasets of
+            :func:`read_hf_split` (online users), ignoring ``data_dir`` and ``files``.
+        log: receives one summary line per file (rows, skips by reason, truncation).
+
+    Returns:
+        ``{task: {split: Encoded}}``; a test split whose file is absent is left out
+        (and logged), since test files are optional.
+
+    Raises:
+        FileNotFoundError: a train or dev file is absent (naming it).
+        ValueError: unknown task/split names, a pair task without ``pair_encoding``,
+            or the errors of :func:`read_split`.
+    """
+    task_names, splits = list(task_names), list(splits)
+    files, prompt = files or {}, prompt or {}
+    for name in [*task_names, *files]:
+        if name not in TASKS:
+            raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}")
+    for split in [*splits, *(s for per_task in files.values() for s in per_task)]:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    out: dict[str, dict[str, Encoded]] = {}
+    for name in task_names:
+        task = TASKS[name]
+        if task.is_pair and name not in pair_encoding:
+            raise ValueError(f"pair_encoding has no entry for pair task {name!r}")
+        out[name] = {}
+        for split in splits:
+            if source == "hf":
+                examples = read_hf_split(task, split)
+            elif source == "local":
+                path = Path(data_dir) / files.get(name, {}).get(split, task.default_file(split))
+                if split == "test" and not path.is_file():
+                    log(f"{name} test: {path} absent, skipping")
+                    continue
+                examples = read_split(path, task, require_labels=split != "test")
+            else:
+                raise ValueError(f"data source {source!r} is not one of local, hf")
+            enc = encode_split(examples, tokenizer, max_length=max_length,
+                               pair_encoding=pair_encoding.get(name, "cross"),
+                               prompt=prompt.get(name), cache_dir=cache_dir, split_name=split)
+            log(f"{name} {split}: {examples.summary()}; {enc.num_truncated:,} truncated to {max_length} tokens"
+                + (" (cached)" if enc.cached else ""))
+            out[name][split] = enc
+    return out

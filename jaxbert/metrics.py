@@ -1,0 +1,97 @@
+"""Evaluation metrics of the multitask BERT (pure NumPy, float64).
+
+SST-5 ("sst") and Quora ("para") are scored by accuracy, STS ("sts") by Pearson correlation.  The course's overall
+score maps the correlation from [-1, 1] to [0, 1]: ``(acc_sst + acc_para + (r_sts + 1) / 2) / 3``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+
+TASK_KINDS = ("class", "binary", "score")
+PRIMARY_METRICS = ("accuracy", "pearson")
+
+__all__ = ["TASK_KINDS", "accuracy", "pearson", "overall_score", "mean_score", "task_metric", "summarize"]
+
+
+def _pair(pred, labels, name: str) -> tuple[np.ndarray, np.ndarray]:
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    if pred.shape != labels.shape:
+        raise ValueError(f"{name}: predictions shape {pred.shape} != labels shape {labels.shape}")
+    if pred.size == 0:
+        raise ValueError(f"{name}: empty predictions")
+    return pred.reshape(-1), labels.reshape(-1)
+
+
+def accuracy(pred, labels) -> float:
+    """Fraction of predictions equal to the labels (predictions are class ids, not logits)."""
+    pred, labels = _pair(pred, labels, "accuracy")
+    return float(np.mean(pred == labels))
+
+
+def pearson(pred, labels) -> float:
+    """Pearson correlation computed in float64.
+
+    If either side is constant (including a single element) the correlation is undefined; this returns 0.0
+    instead of nan (no linear association), so a collapsed regressor scores like an uninformative one.  The
+    result is clipped to [-1, 1] against rounding.
+    """
+    x, y = _pair(pred, labels, "pearson")
+    x, y = x.astype(np.float64), y.astype(np.float64)
+    if np.all(x == x[0]) or np.all(y == y[0]):
+        return 0.0
+    xc, yc = x - x.mean(), y - y.mean()
+    denom = math.sqrt(float(np.dot(xc, xc))) * math.sqrt(float(np.dot(yc, yc)))
+    if denom == 0.0 or not math.isfinite(denom):
+        return 0.0 if denom == 0.0 else float("nan")
+    return float(np.clip(np.dot(xc, yc) / denom, -1.0, 1.0))
+
+
+def overall_score(sst_acc: float, para_acc: float, sts_r: float) -> float:
+    """The course's overall score ``(acc_sst + acc_para + (r_sts + 1) / 2) / 3``."""
+    return (float(sst_acc) + float(para_acc) + (float(sts_r) + 1.0) / 2.0) / 3.0
+
+
+def mean_score(sst_acc: float, para_acc: float, sts_r: float) -> float:
+    """Plain mean of the three primary metrics (the correlation is not rescaled)."""
+    return (float(sst_acc) + float(para_acc) + float(sts_r)) / 3.0
+
+
+def task_metric(kind: str, predictions, labels) -> dict[str, float]:
+    """``{"accuracy": ...}`` for kind "class"/"binary" (class-id predictions), ``{"pearson": ...}`` for "score"."""
+    if kind in ("class", "binary"):
+        return {"accuracy": accuracy(predictions, labels)}
+    if kind == "score":
+        return {"pearson": pearson(predictions, labels)}
+    raise ValueError(f"unknown kind {kind!r}; allowed values: {', '.join(TASK_KINDS)}")
+
+
+def _primary(metrics) -> float | None:
+    if not isinstance(metrics, Mapping):
+        return None
+    for name in PRIMARY_METRICS:
+        if name in metrics:
+            return float(metrics[name])
+    return None
+
+
+def summarize(dev_metrics: Mapping[str, Mapping[str, float]]) -> dict:
+    """Copy of ``dev_metrics`` (task -> metric dict) with summary scores added.
+
+    ``mean``: mean of the primary metric ("accuracy", else "pearson") of every task present (omitted if none).
+    ``overall``: ``overall_score`` of sst accuracy, para accuracy and sts pearson, only when all three exist.
+    Existing top-level "overall"/"mean" entries are recomputed, not averaged in.
+    """
+    out = {task: (dict(m) if isinstance(m, Mapping) else m) for task, m in dev_metrics.items()
+           if task not in ("overall", "mean")}
+    primaries = [p for p in (_primary(m) for m in out.values()) if p is not None]
+    if primaries:
+        out["mean"] = float(np.mean(primaries))
+    sst, para, sts = (out.get(t) for t in ("sst", "para", "sts"))
+    if (isinstance(sst, Mapping) and "accuracy" in sst and isinstance(para, Mapping) and "accuracy" in para
+            and isinstance(sts, Mapping) and "pearson" in sts):
+        out["overall"] = overall_score(sst["accuracy"], para["accuracy"], sts["pearson"])
+    return out

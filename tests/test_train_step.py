@@ -1,0 +1,167 @@
+"""The jitted multitask step: heads, loss combination, frozen encoder, data parallelism."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import TINY, random_batch
+from jaxbert.heads import HeadSpec, MultitaskBert, cosine, pool
+from jaxbert.losses import combine_losses
+from jaxbert.modeling import BertConfig
+from jaxbert.optim import make_optimizer
+from jaxbert.gradients import pcgrad
+from jaxbert.train_step import (create_train_state, data_mesh, frozen_encoder_optimizer, jit_train_step,
+                                make_train_step, replicate, shard_batch, task_loss_fns)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_setup(heads=HeadSpec(), tasks=("sst", "para", "sts"), freeze=False):
+    config = BertConfig(**TINY)
+    model = MultitaskBert(config, tasks, heads, freeze)
+    rng = np.random.default_rng(0)
+    batches = {}
+    for task in tasks:
+        ids, mask, types = random_batch(rng, config.vocab_size, batch=8, seq=12)
+        batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        if heads.encoding(task) == "bi":
+            ids_b, mask_b, _ = random_batch(rng, config.vocab_size, batch=8, seq=12)
+            batch.update(input_ids_b=ids_b, attention_mask_b=mask_b, token_type_ids_b=np.zeros_like(ids_b))
+        batch["labels"] = {"sst": rng.integers(0, 5, 8), "para": rng.integers(0, 2, 8),
+                           "sts": rng.uniform(0, 5, 8).astype(np.float32)}[task]
+        batches[task] = batch
+    params = {}
+    for task in tasks:
+        params.update(model.init(jax.random.key(0), task, batches[task])["params"])
+    return model, params, batches
+
+
+@pytest.mark.parametrize("heads", [
+    HeadSpec(),
+    HeadSpec(para_encoding="bi", sts_head="cosine_concat", pair_pooling="mean"),
+    HeadSpec(sts_encoding="cross", sts_head="linear", pair_pooling="pooler", sst_pooling="max"),
+])
+def test_head_output_shapes(heads):
+    model, params, batches = tiny_setup(heads)
+    shapes = {t: model.apply({"params": params}, t, b).shape for t, b in batches.items()}
+    assert shapes == {"sst": (8, 5), "para": (8,), "sts": (8,)}
+
+
+def test_cosine_head_is_clamped_scaled_cosine():
+    model, params, batches = tiny_setup(HeadSpec(pair_pooling="mean"))
+    scores = np.asarray(model.apply({"params": params}, "sts", batches["sts"]))
+    encode = lambda s: model.apply({"params": params}, {k: batches["sts"][k + s] for k in  # noqa: E731
+                                   ("input_ids", "attention_mask", "token_type_ids")}, "", "mean", True,
+                                   method=MultitaskBert.embed_sentences)
+    u, v = np.asarray(encode("")), np.asarray(encode("_b"))
+    expected = 5 * np.maximum((u * v).sum(1) / np.linalg.norm(u, axis=1) / np.linalg.norm(v, axis=1), 0)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+    assert "sts" not in params  # no parameters of its own
+
+
+def test_pooling_against_numpy():
+    rng = np.random.default_rng(0)
+    hidden = rng.standard_normal((2, 4, 3)).astype(np.float32)
+    mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1]])
+    np.testing.assert_allclose(pool(hidden, None, mask, "mean")[0], hidden[0, :2].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(pool(hidden, None, mask, "max")[0], hidden[0, :2].max(0))
+    np.testing.assert_allclose(pool(hidden, None, mask, "cls"), hidden[:, 0])
+    assert float(cosine(jnp.zeros((1, 3)), jnp.ones((1, 3)))[0]) == 0.0
+
+
+def test_balanced_combination_gradient():
+    """d/dθ Σ_t sg(ΣL/L_t)·L_t = Σ_t (ΣL/L_t) ∇L_t: checked on two quadratic 'task losses'."""
+    theta = jnp.array([1.0, -2.0])
+    losses = lambda th: {"a": jnp.sum(th ** 2), "b": jnp.sum((th - 3.0) ** 2) / 10}  # noqa: E731
+    grad = jax.grad(lambda th: combine_losses(losses(th), "balanced"))(theta)
+    la, lb = 5.0, (4.0 + 25.0) / 10
+    ga, gb = 2 * np.array([1.0, -2.0]), 2 * (np.array([1.0, -2.0]) - 3.0) / 10
+    np.testing.assert_allclose(grad, (la + lb) / la * ga + (la + lb) / lb * gb, rtol=1e-6)
+    assert float(combine_losses(losses(theta), "mean")) == pytest.approx((la + lb) / 2)
+    assert float(combine_losses(losses(theta), "weights", {"a": 2.0, "b": 0.5})) == pytest.approx(2 * la + 0.5 * lb)
+    with pytest.raises(ValueError, match="loss combination 'max'"):
+        combine_losses(losses(theta), "max")
+
+
+def run_steps(model, params, batches, tx, mesh, n=3):
+    params = jax.tree.map(jnp.array, params)  # the step donates its input buffers; keep the caller's alive
+    state = replicate(create_train_state(params, tx), mesh)
+    step = jit_train_step(make_train_step(model, tx, jax.random.key(1)), mesh)
+    for _ in range(n):
+        state, metrics = step(state, shard_batch(batches, mesh))
+    return state, metrics
+
+
+def test_step_trains_and_loss_decreases():
+    model, params, batches = tiny_setup()
+    tx = make_optimizer(1e-3, 100)
+    mesh = data_mesh()
+    _, first = run_steps(model, params, batches, tx, mesh, n=1)
+    _, later = run_steps(model, params, batches, tx, mesh, n=30)
+    assert set(first) >= {"loss", "grad_norm", "loss/sst", "loss/para", "loss/sts"}
+    assert float(later["loss"]) < 0.5 * float(first["loss"])
+
+
+def test_pcgrad_step_projects_the_encoder_and_leaves_heads_alone():
+    """One PCGrad step = per-task gradients, PCGrad (sum) on the encoder, each head its own task's gradient."""
+    model, params, batches = tiny_setup()
+    tx = optax.sgd(1.0)  # the update is minus the gradient, so the step exposes the gradient it used
+    mesh = data_mesh()
+    key = jax.random.key(1)
+    state = replicate(create_train_state(jax.tree.map(jnp.array, params), tx), mesh)
+    new, _ = jax.jit(make_train_step(model, tx, key, "sum", surgery="pcgrad"))(state, batches)
+    used = jax.tree.map(lambda a, b: a - b, params, new.params)
+
+    dropout_key = jax.random.fold_in(key, 0)
+    fns = task_loss_fns(model, batches, dropout_key)
+    task_grads = {t: jax.grad(fn)(params) for t, fn in fns.items()}
+    expected_encoder = pcgrad([task_grads[t]["bert"] for t in fns], jax.random.fold_in(dropout_key, 3), "sum")
+    for a, b in zip(jax.tree.leaves(used["bert"]), jax.tree.leaves(expected_encoder)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    for task in ("sst", "para"):  # sts's cosine head has no parameters
+        for a, b in zip(jax.tree.leaves(used[task]), jax.tree.leaves(task_grads[task][task])):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    plain = jax.tree.map(lambda *g: sum(g), *[g["bert"] for g in task_grads.values()])
+    assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(used["bert"]), jax.tree.leaves(plain))), \
+        "random tiny tasks conflict somewhere, so PCGrad must change the encoder gradient"
+
+
+def test_frozen_encoder_moves_heads_only():
+    model, params, batches = tiny_setup(freeze=True)
+    tx = frozen_encoder_optimizer(make_optimizer(1e-3, 100, weight_decay=0.01), params)
+    state, _ = run_steps(model, params, batches, tx, data_mesh())
+    for old, new in zip(jax.tree.leaves(params["bert"]), jax.tree.leaves(state.params["bert"])):
+        np.testing.assert_array_equal(old, new)
+    assert not np.allclose(params["sst"]["kernel"], state.params["sst"]["kernel"])
+
+
+def test_four_devices_match_one_device():
+    """3 steps sharded over 4 fake CPU devices give the parameters of 3 steps on one device."""
+    script = textwrap.dedent("""
+        import jax, numpy as np
+        from test_train_step import tiny_setup, run_steps
+        from jaxbert.optim import make_optimizer
+        from jaxbert.train_step import data_mesh
+        assert jax.device_count() == 4, jax.devices()
+        model, params, batches = tiny_setup()
+        tx = make_optimizer(1e-3, 100, weight_decay=0.01)
+        four, _ = run_steps(model, params, batches, tx, data_mesh())
+        one, _ = run_steps(model, params, batches, tx, data_mesh(jax.devices()[:1]))
+        assert len(four.params["bert"]["pooler"]["kernel"].sharding.device_set) == 4
+        err = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(jax.tree.leaves(four.params), jax.tree.leaves(one.params)))
+        print("max param difference", err)
+        assert err < 1e-6, err
+    """)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "max param difference" in result.stdout

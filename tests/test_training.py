@@ -1,0 +1,166 @@
+"""End to end: `train.py` on a tiny random BERT and fixture data, and an interrupted run resumed exactly."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import save_tiny_hf_bert
+from jaxbert import checkpoint as checkpoint_lib
+from jaxbert.config import load_config
+from jaxbert.training import train_and_evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = ("the a movie film was is great awful good bad plot actor story boring fun how what why do i can you "
+         "learn python fast best way question same thing man woman plays guitar dog runs park cat sleeps").split()
+
+
+def sentence(rng, n):
+    return " ".join(rng.choice(WORDS, size=n)).capitalize() + " ."
+
+
+def write_fixture_data(folder: Path, rows: int = 40) -> Path:
+    """Course-format files (tab-separated, a leading unnamed index column) with random sentences."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    specs = {
+        "ids-sst": ("sentence\tsentiment", lambda: f"{sentence(rng, rng.integers(3, 20))}\t{rng.integers(0, 5)}"),
+        "ids-cfimdb": ("sentence\tsentiment", lambda: f"{sentence(rng, rng.integers(3, 20))}\t{rng.integers(0, 2)}"),
+        "quora": ("sentence1\tsentence2\tis_duplicate",
+                  lambda: f"{sentence(rng, rng.integers(3, 12))}\t{sentence(rng, rng.integers(3, 12))}\t"
+                          f"{float(rng.integers(0, 2))}"),
+        "sts": ("sentence1\tsentence2\tsimilarity",
+                lambda: f"{sentence(rng, rng.integers(3, 12))}\t{sentence(rng, rng.integers(3, 12))}\t"
+                        f"{rng.uniform(0, 5):.1f}"),
+    }
+    for prefix, (header, row) in specs.items():
+        for split, n in (("train", rows), ("dev", rows // 2)):
+            lines = [f"\tid\t{header}"] + [f"{i}\t{prefix}-{split}-{i}\t{row()}" for i in range(n)]
+            (folder / f"{prefix}-{split}.csv").write_text("\n".join(lines) + "\n")
+    # A test file without labels: predicted, not scored.
+    (folder / "ids-sst-test-student.csv").write_text(
+        "\tid\tsentence\n" + "".join(f"{i}\tsst-test-{i}\t{sentence(rng, 6)}\n" for i in range(5)))
+    return folder
+
+
+def tiny_checkpoint(folder: Path) -> Path:
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *WORDS]
+    save_tiny_hf_bert(folder, vocab_size=len(vocab), max_position_embeddings=64)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    return tiny_checkpoint(root / "bert"), write_fixture_data(root / "data"), root
+
+
+ARGS = ["--epochs=2", "--batch-size=8", "--eval-batch-size=16", "--max-length=32", "--buckets=32",
+        "--lr=1e-3", "--log-every=1"]
+
+
+def run_config(workspace, out, *extra):
+    from jaxbert.config import parse_overrides
+
+    bert, data, root = workspace
+    argv = [f"--checkpoint={bert}", f"--data-dir={data}", f"--out={out}", f"--cache-dir={root / 'cache'}", *ARGS,
+            *extra]
+    return load_config(None, parse_overrides(argv))
+
+
+def test_train_py_end_to_end(workspace):
+    bert, data, root = workspace
+    out = root / "cli"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), f"--checkpoint={bert}", f"--data-dir={data}", f"--out={out}",
+         f"--cache-dir={root / 'cache'}", "--sampler=roundrobin", *ARGS],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    dev = results["metrics"]["dev"]
+    assert set(dev) == {"sst", "para", "sts", "mean", "overall"}
+    assert 0 <= dev["sst"]["accuracy"] <= 1 and -1 <= dev["sts"]["pearson"] <= 1
+    assert dev["overall"] == pytest.approx((dev["sst"]["accuracy"] + dev["para"]["accuracy"]
+                                            + (dev["sts"]["pearson"] + 1) / 2) / 3)
+    assert results["steps"] == 2 * (40 // 8) and results["config"]["train"]["sampler"] == "roundrobin"
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert load_config(out / "config.yaml").train.batch_size == 8
+    assert (out / "dev_curves.png").stat().st_size > 0 and any((out / "tensorboard").iterdir())
+    sst_dev = (out / "predictions" / "sst-dev-output.csv").read_text().splitlines()
+    assert sst_dev[0] == "id \t Predicted_Sentiment " and len(sst_dev) == 21
+    assert sst_dev[1].split(" , ")[0] == "ids-sst-dev-0"
+    test = (out / "predictions" / "sst-test-output.csv").read_text().splitlines()
+    assert len(test) == 6 and "test" not in results["metrics"]  # predicted, not scored
+    assert "empty label" not in result.stdout and "sst train: ids-sst-train.csv: 40 rows" in result.stdout
+
+
+def test_single_task_cfimdb(workspace):
+    _, _, root = workspace
+    results = train_and_evaluate(run_config(workspace, root / "cfimdb", "--tasks=cfimdb", "--epochs=1"),
+                                 log=lambda _: None)
+    assert set(results["metrics"]["dev"]) == {"cfimdb", "mean"}
+    predictions = (root / "cfimdb" / "predictions" / "cfimdb-dev-output.csv").read_text().splitlines()[1:]
+    assert {line.split(" , ")[1].strip() for line in predictions} <= {"0", "1"}
+
+
+class Interrupted(Exception):
+    pass
+
+
+def latest_params(out):
+    store = checkpoint_lib.CheckpointStore(Path(out) / "checkpoints")
+    state, progress = store.restore(None)
+    store.close()
+    return state["params"], progress
+
+
+def test_interrupted_run_resumes_exactly(workspace, monkeypatch):
+    _, _, root = workspace
+    extra = ("--checkpoint-every=2", "--sampler=annealed", "--steps-per-epoch=6", "--loss-combination=balanced")
+    full = train_and_evaluate(run_config(workspace, root / "full", *extra), log=lambda _: None)
+
+    # Die right after the second checkpoint of the run (mid-way through the first epoch).
+    real_save, calls = checkpoint_lib.CheckpointStore.save, []
+
+    def save_then_die(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            raise Interrupted
+
+    monkeypatch.setattr(checkpoint_lib.CheckpointStore, "save", save_then_die)
+    with pytest.raises(Interrupted):
+        train_and_evaluate(run_config(workspace, root / "cut", *extra), log=lambda _: None)
+    monkeypatch.setattr(checkpoint_lib.CheckpointStore, "save", real_save)
+    _, progress = latest_params(root / "cut")
+    assert (progress["epoch"], progress["step_in_epoch"]) == (0, 4)
+
+    logs = []
+    resumed = train_and_evaluate(run_config(workspace, root / "cut", *extra, "--resume"), log=logs.append)
+    assert any("resumed from step 4" in line for line in logs), logs
+    assert resumed["steps"] == full["steps"] == 12
+    assert resumed["metrics"] == full["metrics"]
+    dev = lambda out: [json.loads(line)["dev"] for line in (out / "metrics.jsonl").read_text().splitlines()]  # noqa
+    assert dev(root / "cut") == dev(root / "full")
+    (a, _), (b, _) = latest_params(root / "full"), latest_params(root / "cut")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_bad_data_errors_name_the_file(workspace, tmp_path):
+    bert, data, root = workspace
+    broken = tmp_path / "data"
+    broken.mkdir()
+    for f in data.iterdir():
+        (broken / f.name).write_text(f.read_text())
+    (broken / "sts-dev.csv").write_text("\tid\tsentence1\tsentence2\n0\tx\ta b\tc d\n")
+    config = run_config(workspace, tmp_path / "out")
+    config.data.data_dir = str(broken)
+    with pytest.raises(ValueError, match=r"sts-dev\.csv.*similarity"):
+        train_and_evaluate(config, log=lambda _: None)

@@ -1,0 +1,35 @@
+"""Multitask fine-tuning of BERT on SST-5, Quora and STS.
+
+    python train.py --sampler=roundrobin
+    python train.py --config configs/cosine_heads.yaml --lr=3e-5 --out runs/cosine
+    python train.py --tasks sst --epochs 3         # single-task sentiment
+
+Any config field can be overridden as --section.key=value or, when unique, --key=value. See configs/default.yaml.
+"""
+
+import sys
+
+from jaxbert.config import ConfigError, load_config, parse_overrides
+from jaxbert.training import train_and_evaluate
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(__doc__)
+        return
+    config_file = None
+    for i, arg in enumerate(argv):
+        if arg == "--config" or arg.startswith("--config="):
+            config_file = arg.partition("=")[2] or (argv[i + 1] if i + 1 < len(argv) else None)
+            del argv[i:i + (1 if "=" in arg else 2)]
+            break
+    try:
+        config = load_config(config_file, parse_overrides(argv))
+    except ConfigError as e:
+        sys.exit(f"train.py: error: {e}")
+    train_and_evaluate(config)
+
+
+if __name__ == "__main__":
+    main()
