@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from jaxbert.smart import SmartConfig
+
 
 @dataclasses.dataclass
 class ModelConfig:
@@ -34,6 +36,8 @@ class HeadsConfig:
     sts_encoding: str = "bi"  # bi | cross
     sts_head: str = "cosine"  # cosine | cosine_concat | linear (the only choice with cross encoding)
     para_prompt: str | None = None  # text placed before a cross-encoded paraphrase pair
+    pal_size: int = 0  # projected attention layers: each task's low-rank attention width (0: off; 204 in the paper)
+    pal_heads: int = 12
 
 
 @dataclasses.dataclass
@@ -53,7 +57,8 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     loss_combination: str = "sum"  # sum | mean | weights | balanced
     loss_weights: dict[str, float] = dataclasses.field(default_factory=dict)
-    surgery: str = "none"  # none | pcgrad | cagrad | mgda | imtl_g: how the shared encoder's task gradients combine
+    surgery: str = "none"  # none | pcgrad | pcgrad_two_updates | gradvac | cagrad | mgda | imtl_g (`--pcgrad`, ...)
+    gradvac_beta: float = 0.01  # EMA rate of GradVac's cosine targets
     epochs: int = 10
     max_steps: int | None = None  # caps the whole run, the LR schedule included
     batch_size: int = 32  # per task, across all devices
@@ -71,6 +76,31 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
+class LossConfig:
+    sst: str = "ce"  # ce | ordinal (the ordinal log loss, for any sentiment task)
+    label_smoothing: float = 0.0  # for ce
+    ordinal_alpha: float = 1.0  # OLL's distance exponent
+    supcon_weight: float = 0.0  # supervised contrastive loss on two dropout views of each sentiment batch
+    supcon_temperature: float = 0.07
+    simcse_weight: float = 0.0  # unsupervised SimCSE on two dropout views of `simcse_tasks`' sentences
+    simcse_tasks: list[str] = dataclasses.field(default_factory=lambda: ["sst"])
+    simcse_temperature: float = 0.05
+
+
+@dataclasses.dataclass
+class SmartOptions:
+    enabled: bool = False  # `--smart`
+    weight: float = 1.0  # λ_s
+    noise_std: float = 1e-5  # σ
+    step_size: float = 1e-3  # η
+    epsilon: float = 1e-5  # ε
+    steps: int = 1  # K
+    norm: str = "inf"  # inf | l2
+    bregman_weight: float = 1.0  # μ (0: no proximal term and no teacher)
+    teacher_momentum: float = 0.99  # β of the EMA teacher
+
+
+@dataclasses.dataclass
 class Config:
     tasks: list[str] = dataclasses.field(default_factory=lambda: ["sst", "para", "sts"])
     out: str = "runs/default"
@@ -79,6 +109,8 @@ class Config:
     heads: HeadsConfig = dataclasses.field(default_factory=HeadsConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    losses: LossConfig = dataclasses.field(default_factory=LossConfig)
+    smart: SmartOptions = dataclasses.field(default_factory=SmartOptions)
 
 
 class ConfigError(ValueError):
@@ -202,6 +234,11 @@ def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
         if not arg.startswith("--"):
             raise ConfigError(f"unexpected argument {arg!r}: options look like --key=value")
         name, eq, value = arg[2:].partition("=")
+        if not eq and name.replace("-", "_") in SHORTHANDS:
+            key, value = SHORTHANDS[name.replace("-", "_")]
+            overrides[key] = value
+            i += 1
+            continue
         key = resolve_key(name)
         if not eq:
             takes_value = paths[key] is not bool
@@ -267,8 +304,13 @@ CHOICES = {
     "train.epoch_length": ("min", "max", "steps"),
     "train.loss_combination": ("sum", "mean", "weights", "balanced"),
     "train.schedule": ("constant", "linear"),
-    "train.surgery": ("none", "pcgrad", "cagrad", "mgda", "imtl_g"),
+    "train.surgery": ("none", "pcgrad", "pcgrad_two_updates", "gradvac", "cagrad", "mgda", "imtl_g"),
+    "losses.sst": ("ce", "ordinal"),
+    "smart.norm": ("inf", "l2"),
 }
+# Bare flags that stand for a setting: `--pcgrad` is `--train.surgery=pcgrad`, `--smart` is `--smart.enabled`.
+SHORTHANDS = {**{name: ("train.surgery", name) for name in CHOICES["train.surgery"] if name != "none"},
+              "smart": ("smart.enabled", "true")}
 KNOWN_TASKS = ("sst", "cfimdb", "para", "sts")
 
 
@@ -296,6 +338,21 @@ def validate(config: Config) -> None:
     if config.train.surgery != "none" and config.train.loss_combination not in ("sum", "mean"):
         raise ConfigError(f"train.surgery {config.train.surgery!r} combines raw task gradients: "
                           f"train.loss_combination must be sum or mean, not {config.train.loss_combination!r}")
+    smart_options = {k: v for k, v in dataclasses.asdict(config.smart).items() if k != "enabled"}
+    try:
+        SmartConfig(**smart_options)
+    except ValueError as e:
+        raise ConfigError(f"smart: {e}") from None
+    unknown = [t for t in config.losses.simcse_tasks if t not in KNOWN_TASKS]
+    if unknown:
+        raise ConfigError(f"losses.simcse_tasks {unknown} are not tasks; known: {', '.join(KNOWN_TASKS)}")
+    for key in ("losses.label_smoothing",):
+        if not 0.0 <= get(config, key) < 1.0:
+            raise ConfigError(f"{key} must be in [0, 1), got {get(config, key)}")
+    for key in ("losses.supcon_weight", "losses.simcse_weight", "losses.supcon_temperature",
+                "losses.simcse_temperature", "train.gradvac_beta"):
+        if get(config, key) < 0:
+            raise ConfigError(f"{key} must be non-negative, got {get(config, key)}")
     weights = config.train.loss_weights
     if config.train.loss_combination == "weights" and set(weights) != set(config.tasks):
         raise ConfigError(f"train.loss_weights must give a weight for each task {config.tasks}, got {weights}")

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxbert.modeling import BertConfig, BertModel, dense_init
+from jaxbert.modeling import BertConfig, BertModel, ProjectedAttention, dense_init
 
 Array = jax.Array
 Dtype = Any
@@ -33,6 +33,15 @@ class HeadSpec:
     para_encoding: str = "cross"
     sts_encoding: str = "bi"
     sts_head: str = "cosine"
+    pal_size: int = 0  # width of each task's projected attention layers (PALs); 0 = none, 204 in the paper
+    pal_heads: int = 12
+
+    def __post_init__(self):
+        if self.pal_heads < 1:
+            raise ValueError(f"pal_heads must be positive, got {self.pal_heads}")
+        if self.pal_size < 0 or self.pal_size % self.pal_heads:
+            raise ValueError(f"pal_size {self.pal_size} is neither 0 (no PALs) nor a positive multiple of "
+                             f"pal_heads {self.pal_heads}")
 
     def encoding(self, task: str) -> str:
         return {"para": self.para_encoding, "sts": self.sts_encoding}.get(task, "single")
@@ -59,8 +68,13 @@ def cosine(u: Array, v: Array) -> Array:
     return (u * v).sum(-1) / jnp.maximum(jnp.linalg.norm(u, axis=-1) * jnp.linalg.norm(v, axis=-1), eps)
 
 
+def stack_pair(batch: dict[str, Array]) -> dict[str, Array]:
+    """A bi-encoded pair's two sentences as one `[2 * batch, seq]` batch: one encoder call, half the launches."""
+    return {k: jnp.concatenate([batch[k], batch[k + "_b"]]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
 class MultitaskBert(nn.Module):
-    """One encoder, one head per task. `params` = {"bert": encoder, "<task>": head}."""
+    """One encoder, one head per task. `params` = {"bert": encoder, "<task>": head, "pal_<task>": its PALs}."""
 
     config: BertConfig
     tasks: tuple[str, ...]
@@ -68,6 +82,11 @@ class MultitaskBert(nn.Module):
     freeze_encoder: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+
+    def encoder_input_shape(self, task: str, batch: dict[str, Array]) -> tuple[int, int, int]:
+        """Shape `[sequences, seq, hidden]` of the embedding-layer output for `task`'s batch."""
+        rows, length = batch["input_ids"].shape
+        return (2 * rows if self.heads.encoding(task) == "bi" else rows, length, self.config.hidden_size)
 
     def setup(self):
         self.bert = BertModel(self.config, self.dtype, self.param_dtype)
@@ -78,34 +97,55 @@ class MultitaskBert(nn.Module):
         if "sts" in out and self.heads.sts_encoding == "bi" and self.heads.sts_head == "cosine":
             del out["sts"]  # the scaled cosine has no parameters
         self.out = out
+        # Owned here, not by `bert`, so each task's PALs are a top-level key of their own, like its head.
+        self.pal = {task: ProjectedAttention(self.config, self.heads.pal_size, self.heads.pal_heads, self.dtype,
+                                             self.param_dtype, name=f"pal_{task}")
+                    for task in self.tasks} if self.heads.pal_size else {}
 
-    def embed_sentences(self, batch: dict[str, Array], suffix: str, pooling: str, deterministic: bool) -> Array:
-        """Pooled `[batch, hidden]` embeddings of the sequences `input_ids{suffix}` etc."""
-        mask = batch["attention_mask" + suffix]
-        out = self.bert(batch["input_ids" + suffix], mask, batch["token_type_ids" + suffix], deterministic)
-        if self.freeze_encoder:
+    def embed_sentences(self, task: str, batch: dict[str, Array], pooling: str, deterministic: bool,
+                        perturbation: Array | None = None) -> Array:
+        """Pooled `[batch, hidden]` embeddings of the sequences `input_ids` etc., through `task`'s PALs if any.
+
+        `perturbation` `[batch, seq, hidden]` is added to the embedding-layer output (SMART's adversarial input).
+        """
+        mask = batch["attention_mask"]
+        embeddings = self.bert.embed(batch["input_ids"], batch["token_type_ids"], deterministic)
+        if perturbation is not None:
+            embeddings = embeddings + perturbation.astype(embeddings.dtype)
+        adapter = self.pal[task] if self.pal else None
+        out = self.bert.encode(embeddings, mask, deterministic, adapter)
+        # PALs sit inside the encoder, so their gradient needs its backward pass; `frozen_encoder_optimizer`
+        # still keeps the encoder's own weights fixed.
+        if self.freeze_encoder and adapter is None:
             out = jax.lax.stop_gradient(out)
         return pool(out["last_hidden_state"], out["pooler_output"], mask, pooling)
 
-    def __call__(self, task: str, batch: dict[str, Array], deterministic: bool = True) -> Array:
+    def __call__(self, task: str, batch: dict[str, Array], deterministic: bool = True,
+                 perturbation: Array | None = None, return_embeddings: bool = False):
         """Returns logits `[batch, classes]` (sst, cfimdb), a logit `[batch]` (para) or a score `[batch]` (sts).
 
         Args:
           task: one of `self.tasks`.
           batch: `input_ids`, `attention_mask`, `token_type_ids` `[batch, seq]`; a bi-encoded pair adds the
             second sentence's arrays with the suffix `_b`.
+          perturbation: added to the embedding-layer output, shaped `encoder_input_shape(task, batch)`.
+          return_embeddings: also return the pooled embeddings the head read, `[batch, hidden]`, or
+            `[2 * batch, hidden]` (first sentences, then second ones) for a bi-encoded pair: `(output, embeddings)`.
         """
         encoding = self.heads.encoding(task)
         if encoding != "bi":
             pooling = self.heads.sst_pooling if task in NUM_CLASSES else self.heads.pair_pooling
-            x = self.dropout(self.embed_sentences(batch, "", pooling, deterministic), deterministic=deterministic)
-            logits = self.out[task](x)
-            return logits if task in NUM_CLASSES else logits[:, 0]
+            embeddings = self.embed_sentences(task, batch, pooling, deterministic, perturbation)
+            logits = self.out[task](self.dropout(embeddings, deterministic=deterministic))
+            output = logits if task in NUM_CLASSES else logits[:, 0]
+        else:
+            embeddings = self.embed_sentences(task, stack_pair(batch), self.heads.pair_pooling, deterministic,
+                                              perturbation)
+            output = self.pair_head(task, *jnp.split(embeddings, 2), deterministic)
+        return (output, embeddings) if return_embeddings else output
 
-        # Both sentences go through the encoder in one call: half the launches, same arithmetic.
-        both = {k: jnp.concatenate([batch[k], batch[k + "_b"]]) for k in ("input_ids", "attention_mask",
-                                                                          "token_type_ids")}
-        u, v = jnp.split(self.embed_sentences(both, "", self.heads.pair_pooling, deterministic), 2)
+    def pair_head(self, task: str, u: Array, v: Array, deterministic: bool) -> Array:
+        """`[batch]` score or logit from the two sentences' `[batch, hidden]` embeddings."""
         if task == "sts" and self.heads.sts_head == "cosine":
             # Negative similarity is clamped to 0 so the 0–5 scale maps onto cosines in [0, 1].
             return 5.0 * jax.nn.relu(cosine(u, v))

@@ -207,8 +207,12 @@ class BertLayer(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, attention_mask: Array, deterministic: bool) -> Array:
-        """Args: x `[batch, seq, hidden]`, attention_mask `[batch, seq]`. Returns `[batch, seq, hidden]`."""
+    def __call__(self, x: Array, attention_mask: Array, deterministic: bool, parallel: Array | None = None) -> Array:
+        """Args: x `[batch, seq, hidden]`, attention_mask `[batch, seq]`; `parallel` `[batch, seq, hidden]`, a
+        branch computed from x and summed into the layer's last LayerNorm (a PAL's TS(x)).
+
+        Returns `[batch, seq, hidden]`.
+        """
         cfg = self.config
         kw = dict(config=cfg, dtype=self.dtype, param_dtype=self.param_dtype)
         attended = BertAttention(**kw, name="attention")(x, attention_mask, deterministic)
@@ -217,7 +221,45 @@ class BertLayer(nn.Module):
             name="intermediate",
         )(attended)
         hidden = ACTIVATIONS[cfg.hidden_act](hidden)
-        return BertResidual(**kw, name="output")(hidden, attended, deterministic)
+        residual = attended if parallel is None else attended + parallel
+        return BertResidual(**kw, name="output")(hidden, residual, deterministic)
+
+
+# `adapter(layer_index, h, attention_mask, deterministic)` → `[batch, seq, hidden]`, added in parallel to a layer.
+Adapter = Callable[[int, Array, Array, bool], Array]
+
+
+class ProjectedAttention(nn.Module):
+    """One task's projected attention layers (PALs; Stickland & Murray 2019), an `Adapter` for `BertModel.encode`.
+
+    TS(h) = V^D MH_l(V^E h) runs in parallel with layer l: h_{l+1} = LN(h_l + SA(h_l) + TS(h_l)), where the
+    paper's SA(h) = FFN(LN(h + MH(h))) is the whole layer; so TS of the layer's input joins the feed-forward
+    block's LayerNorm, as in the authors' released code. V^E `[hidden, size]` and V^D `[size, hidden]` are shared
+    by all layers of the task (the paper's parameter saving); each layer has its own `heads`-head attention in the
+    `size`-wide space, with no output projection since V^D follows it. TS is the paper's equation as written: the
+    released code also puts a GELU after V^D.
+    """
+
+    config: BertConfig
+    size: int = 204
+    heads: int = 12
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        cfg = self.config
+        dense = lambda n, init: nn.Dense(  # noqa: E731
+            n, kernel_init=init, dtype=self.dtype, param_dtype=self.param_dtype)
+        self.encoder = dense(self.size, dense_init(cfg))  # V^E
+        # V^D starts at zero: the branch adds nothing at step 0, so training starts from the pretrained encoder's
+        # function, and V^D's gradient (through MH(V^E h) ≠ 0) is not zero, so the branch still learns.
+        self.decoder = dense(cfg.hidden_size, nn.initializers.zeros)
+        small = dataclasses.replace(cfg, hidden_size=self.size, num_attention_heads=self.heads)
+        self.attention = [BertSelfAttention(small, self.dtype, self.param_dtype) for _ in range(cfg.num_hidden_layers)]
+
+    def __call__(self, layer: int, h: Array, attention_mask: Array, deterministic: bool) -> Array:
+        """TS(h) `[batch, seq, hidden]` of layer `layer` for its input h `[batch, seq, hidden]`."""
+        return self.decoder(self.attention[layer](self.encoder(h), attention_mask, deterministic))
 
 
 class BertEncoder(nn.Module):
@@ -226,9 +268,11 @@ class BertEncoder(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, attention_mask: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, attention_mask: Array, deterministic: bool, adapter: Adapter | None = None) -> Array:
         for i in range(self.config.num_hidden_layers):
-            x = BertLayer(self.config, self.dtype, self.param_dtype, name=f"layer_{i}")(x, attention_mask, deterministic)
+            parallel = None if adapter is None else adapter(i, x, attention_mask, deterministic)
+            x = BertLayer(self.config, self.dtype, self.param_dtype, name=f"layer_{i}")(
+                x, attention_mask, deterministic, parallel)
         return x
 
 
@@ -258,9 +302,14 @@ class BertModel(nn.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         return self.embeddings(input_ids, token_type_ids, deterministic)
 
-    def encode(self, embeddings: Array, attention_mask: Array, deterministic: bool = True) -> dict[str, Array]:
-        """Runs the Transformer stack and pooler on embedding-layer output `[batch, seq, hidden]`."""
-        hidden = self.encoder(embeddings, attention_mask, deterministic)
+    def encode(self, embeddings: Array, attention_mask: Array, deterministic: bool = True,
+               adapter: Adapter | None = None) -> dict[str, Array]:
+        """Runs the Transformer stack and pooler on embedding-layer output `[batch, seq, hidden]`.
+
+        `adapter` adds a branch in parallel to every layer (e.g. a task's `ProjectedAttention`); it is a module
+        bound to the caller, so its parameters stay under the caller's keys, outside this model's.
+        """
+        hidden = self.encoder(embeddings, attention_mask, deterministic, adapter)
         pooled = jnp.tanh(self.pooler(hidden[:, 0]))
         return {"last_hidden_state": hidden, "pooler_output": pooled}
 

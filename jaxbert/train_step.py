@@ -6,6 +6,7 @@ it, the state is replicated, and `jax.jit` inserts the gradient all-reduce.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import flax.struct
@@ -15,27 +16,74 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxbert import gradients
-from jaxbert.heads import MultitaskBert
+from jaxbert import gradients, losses, smart
+from jaxbert.heads import NUM_CLASSES, MultitaskBert
 from jaxbert.losses import TASK_LOSS, combine_losses
+from jaxbert.smart import SmartConfig
 
 Batches = dict[str, dict[str, jax.Array]]  # task → arrays with a leading batch axis
 
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything a step changes. Dropout keys are derived from `step`, so no key needs carrying."""
+    """Everything a step changes. Dropout keys are derived from `step`, so no key needs carrying.
+
+    `extra` holds what a method carries between steps: GradVac's cosine targets, SMART's EMA teacher.
+    """
 
     step: jax.Array
     params: Any
     opt_state: Any
+    extra: dict[str, Any] = flax.struct.field(default_factory=dict)
 
     def checkpoint_items(self) -> dict[str, Any]:
-        return {"step": self.step, "params": self.params, "opt_state": self.opt_state}
+        return {"step": self.step, "params": self.params, "opt_state": self.opt_state,
+                **({"extra": self.extra} if self.extra else {})}
 
 
-def create_train_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What each task's loss is made of, beyond its head's loss. Static: it shapes the compiled step.
+
+    `supcon_weight` adds the supervised contrastive loss on the sentence embeddings of the classification
+    tasks, `simcse_weight` unsupervised SimCSE on the sentences of `simcse_tasks`; both see two dropout views
+    of every sentence, made by running each batch twice in one call. `smart` adds SMART's adversarial term and,
+    with `bregman_weight` > 0, its proximal term against an EMA teacher.
+    """
+
+    sst_loss: str = "ce"  # ce | ordinal
+    label_smoothing: float = 0.0
+    ordinal_alpha: float = 1.0
+    supcon_weight: float = 0.0
+    supcon_temperature: float = 0.07
+    simcse_weight: float = 0.0
+    simcse_tasks: tuple[str, ...] = ()
+    simcse_temperature: float = 0.05
+    smart: SmartConfig | None = None
+
+    def two_views(self, task: str) -> bool:
+        return (self.supcon_weight > 0 and task in NUM_CLASSES) or (self.simcse_weight > 0 and task in self.simcse_tasks)
+
+    def head_loss(self, task: str, output: jax.Array, labels: jax.Array) -> jax.Array:
+        if task in NUM_CLASSES:
+            if self.sst_loss == "ordinal":
+                return losses.ordinal_log_loss(output, labels, self.ordinal_alpha)
+            return losses.label_smoothed_cross_entropy(output, labels, self.label_smoothing)
+        return TASK_LOSS[task](output, labels)
+
+
+def create_train_state(params: Any, tx: optax.GradientTransformation, extra: dict[str, Any] | None = None) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), extra=extra or {})
+
+
+def initial_extra(params: Any, num_tasks: int, surgery: str, objective: Objective) -> dict[str, Any]:
+    """The `TrainState.extra` a run starts from."""
+    extra = {}
+    if surgery == "gradvac":
+        extra["gradvac_targets"] = gradients.gradvac_init(num_tasks)
+    if objective.smart is not None and objective.smart.bregman_weight > 0:
+        extra["teacher"] = jax.tree.map(jnp.array, params)  # its own buffers: the step donates the state
+    return extra
 
 
 def frozen_encoder_optimizer(tx: optax.GradientTransformation, params: Any) -> optax.GradientTransformation:
@@ -44,49 +92,84 @@ def frozen_encoder_optimizer(tx: optax.GradientTransformation, params: Any) -> o
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
-def task_loss_fns(model: MultitaskBert, batches: Batches, dropout_key: jax.Array) -> dict[str, Callable]:
-    """`{task: params -> mean loss on its own batch}`, each task with its own dropout stream."""
+def _twice(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return {k: jnp.concatenate([v, v]) for k, v in batch.items() if k != "labels"}
+
+
+def task_loss_fns(model: MultitaskBert, batches: Batches, dropout_key: jax.Array, objective: Objective = Objective(),
+                  teacher: Any = None) -> dict[str, Callable]:
+    """`{task: params -> (loss, parts)}`: each task's loss on its own batch, with its own dropout stream.
+
+    `parts` names the loss's terms (`head`, `supcon`, `simcse`, `smart`, `bregman`) for the metrics.
+    """
 
     def loss_fn(task, batch, key):
+        dropout_key, smart_key = jax.random.split(key)
+        labels, rows = batch["labels"], batch["labels"].shape[0]
+        views = 2 if objective.two_views(task) else 1
+        inputs = _twice(batch) if views == 2 else batch
+
+        def forward(params, perturbation=None):
+            return model.apply({"params": params}, task, inputs, deterministic=False, perturbation=perturbation,
+                               return_embeddings=True, rngs={"dropout": dropout_key})
+
         def loss(params):
-            output = model.apply({"params": params}, task, batch, deterministic=False, rngs={"dropout": key})
-            return TASK_LOSS[task](output, batch["labels"])
+            output, embeddings = forward(params)
+            parts = {"head": objective.head_loss(task, output[:rows], labels)}
+            if views == 2:
+                # Rows of `embeddings` are [group][view][row]: a bi-encoded pair has two groups, its sentences.
+                grouped = embeddings.reshape(-1, 2, rows, embeddings.shape[-1])
+                first, second = grouped[:, 0].reshape(-1, grouped.shape[-1]), grouped[:, 1].reshape(-1, grouped.shape[-1])
+                if objective.supcon_weight > 0 and task in NUM_CLASSES:
+                    parts["supcon"] = objective.supcon_weight * losses.supervised_contrastive_loss(
+                        embeddings, jnp.concatenate([labels, labels]), objective.supcon_temperature)
+                if objective.simcse_weight > 0 and task in objective.simcse_tasks:
+                    parts["simcse"] = objective.simcse_weight * losses.simcse_loss(
+                        first, second, objective.simcse_temperature)
+            if objective.smart is not None:
+                cfg, kind = objective.smart, smart.TASK_KIND[task]
+                adversarial = smart.adversarial_loss(lambda d: forward(params, d)[0], output,
+                                                     model.encoder_input_shape(task, inputs), kind, smart_key, cfg)
+                parts["smart"] = cfg.weight * adversarial
+                if teacher is not None:
+                    teacher_output, _ = forward(teacher)
+                    parts["bregman"] = cfg.bregman_weight * smart.bregman_loss(output, teacher_output, kind)
+            return sum(parts.values()), parts
+
         return loss
 
     return {task: loss_fn(task, batch, jax.random.fold_in(dropout_key, i))
             for i, (task, batch) in enumerate(sorted(batches.items()))}
 
 
-def joint_gradient(losses_fns, params, loss_combination, loss_weights):
+def joint_gradient(loss_fns, params, loss_combination, loss_weights):
     """One backward pass through the combined loss."""
     def total(p):
-        losses = {task: fn(p) for task, fn in losses_fns.items()}
-        return combine_losses(losses, loss_combination, loss_weights), losses
+        results = {task: fn(p) for task, fn in loss_fns.items()}
+        task_losses = {task: loss for task, (loss, _) in results.items()}
+        return combine_losses(task_losses, loss_combination, loss_weights), results
 
-    (loss, losses), grads = jax.value_and_grad(total, has_aux=True)(params)
-    return loss, losses, grads
-
-
-def surgery_gradient(losses_fns, params, loss_combination, surgery, key):
-    """Each task's own gradient (its own backward pass: together the same work as the joint one), then the
-    shared encoder's gradients are combined by `surgery` while every head keeps its own task's gradient."""
-    losses, task_grads = {}, {}
-    for task, fn in losses_fns.items():
-        losses[task], task_grads[task] = jax.value_and_grad(fn)(params)
-    tasks = list(task_grads)
-    reduction = "mean" if loss_combination == "mean" else "sum"
-    shared = [task_grads[t]["bert"] for t in tasks]
-    if surgery == "pcgrad":
-        encoder = gradients.pcgrad(shared, key, reduction)
-    else:
-        encoder = gradients.aggregate(surgery, shared, key)
-    encoder = jax.tree.map(lambda g, p: g.astype(p.dtype), encoder, params["bert"])
-    grads = {name: encoder if name == "bert" else task_grads[name][name] for name in params}
-    loss = sum(losses.values()) / (len(losses) if reduction == "mean" else 1)
-    return loss, losses, grads
+    (loss, results), grads = jax.value_and_grad(total, has_aux=True)(params)
+    return loss, results, grads
 
 
-SURGERIES = ("none", "pcgrad", "cagrad", "mgda", "imtl_g")
+def per_task_gradients(loss_fns, params):
+    """Each task's own gradient, from its own backward pass: together the same work as the joint one."""
+    results, task_grads = {}, {}
+    for task, fn in loss_fns.items():
+        results[task], task_grads[task] = jax.value_and_grad(fn, has_aux=True)(params)
+    return results, task_grads
+
+
+def combine_task_gradients(task_grads, params, encoder_grad):
+    """The encoder takes `encoder_grad`; every other parameter (a head, a task's adapters) belongs to one task,
+    so summing over tasks gives it exactly its own task's gradient."""
+    encoder_grad = jax.tree.map(lambda g, p: g.astype(p.dtype), encoder_grad, params["bert"])
+    return {name: encoder_grad if name == "bert" else jax.tree.map(lambda *g: sum(g), *[g[name] for g in task_grads])
+            for name in params}
+
+
+SURGERIES = ("none", "pcgrad", "pcgrad_two_updates", "gradvac", "cagrad", "mgda", "imtl_g")
 
 
 def make_train_step(
@@ -96,28 +179,58 @@ def make_train_step(
     loss_combination: str = "sum",
     loss_weights: dict[str, float] | None = None,
     surgery: str = "none",
+    objective: Objective = Objective(),
+    gradvac_beta: float = 0.01,
 ) -> Callable[[TrainState, Batches], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds `train_step(state, batches) -> (state, metrics)`, not yet jitted.
 
-    `surgery` "none" backpropagates the combined loss once; any other value takes per-task gradients and
-    combines the shared encoder's with that method of `jaxbert.gradients` (PCGrad with `sum`/`mean` reduction
-    following `loss_combination`).
+    `surgery` "none" backpropagates the combined loss once. Any other value takes per-task gradients and
+    combines the shared encoder's with that method of `jaxbert.gradients` (reduction `sum` or `mean` following
+    `loss_combination`): `pcgrad`; `gradvac` with its targets in `state.extra`; `pcgrad_two_updates`, a PCGrad
+    update followed in the same step by a plain update with the combined gradient, both gradients taken at the
+    step's starting point (the "gradient surgery experiment" of the reports: two optimizer steps, one backward
+    pass per task); `cagrad`, `mgda`, `imtl_g`.
     """
     if surgery not in SURGERIES:
         raise ValueError(f"surgery {surgery!r} is not one of {', '.join(SURGERIES)}")
+    reduction = "mean" if loss_combination == "mean" else "sum"
+
+    def apply(state, grads, params):
+        updates, opt_state = tx.update(grads, state.opt_state, params)
+        return state.replace(params=optax.apply_updates(params, updates), opt_state=opt_state)
 
     def train_step(state: TrainState, batches: Batches):
         dropout_key = jax.random.fold_in(base_key, state.step)
-        fns = task_loss_fns(model, batches, dropout_key)
+        fns = task_loss_fns(model, batches, dropout_key, objective, state.extra.get("teacher"))
         surgery_key = jax.random.fold_in(dropout_key, len(fns))  # a stream the dropout keys do not use
+        extra = dict(state.extra)
         if surgery == "none":
-            loss, losses, grads = joint_gradient(fns, state.params, loss_combination, loss_weights)
+            loss, results, grads = joint_gradient(fns, state.params, loss_combination, loss_weights)
+            new_state = apply(state, grads, state.params)
         else:
-            loss, losses, grads = surgery_gradient(fns, state.params, loss_combination, surgery, surgery_key)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                                  opt_state=opt_state)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **{f"loss/{t}": l for t, l in losses.items()}}
+            results, task_grads = per_task_gradients(fns, state.params)
+            loss = combine_losses({t: l for t, (l, _) in results.items()}, reduction)
+            shared = [task_grads[t]["bert"] for t in fns]
+            if surgery in ("pcgrad", "pcgrad_two_updates"):
+                encoder = gradients.pcgrad(shared, surgery_key, reduction)
+            elif surgery == "gradvac":
+                encoder, extra["gradvac_targets"] = gradients.gradvac(
+                    shared, surgery_key, state.extra["gradvac_targets"], gradvac_beta, reduction)
+            else:
+                encoder = gradients.aggregate(surgery, shared, surgery_key)
+            grads = combine_task_gradients(list(task_grads.values()), state.params, encoder)
+            new_state = apply(state, grads, state.params)
+            if surgery == "pcgrad_two_updates":
+                plain = combine_task_gradients(list(task_grads.values()), state.params,
+                                               gradients.aggregate(reduction, shared))
+                new_state = apply(new_state, plain, new_state.params)
+        if "teacher" in extra:
+            extra["teacher"] = smart.update_teacher(extra["teacher"], new_state.params, objective.smart.teacher_momentum)
+        new_state = new_state.replace(step=state.step + 1, extra=extra)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        for task, (task_loss, parts) in results.items():
+            metrics[f"loss/{task}"] = task_loss
+            metrics.update({f"loss/{task}/{name}": value for name, value in parts.items() if len(parts) > 1})
         return new_state, metrics
 
     return train_step

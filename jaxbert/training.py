@@ -28,8 +28,10 @@ from jaxbert.metrics import summarize, task_metric
 from jaxbert.optim import make_optimizer
 from jaxbert.samplers import epoch_plan
 from jaxbert.tokenization import BertTokenizer
-from jaxbert.train_step import (create_train_state, data_mesh, frozen_encoder_optimizer, jit_predict_step,
-                                jit_train_step, make_predict_step, make_train_step, replicate, shard_batch)
+from jaxbert.smart import SmartConfig
+from jaxbert.train_step import (Objective, create_train_state, data_mesh, frozen_encoder_optimizer, initial_extra,
+                                jit_predict_step, jit_train_step, make_predict_step, make_train_step, replicate,
+                                shard_batch)
 
 # The course's prediction-file headers, kept verbatim (typo included) so its scripts read our files.
 PREDICTION_HEADERS = {"sst": "Predicted_Sentiment", "cfimdb": "Predicted_Sentiment", "para": "Predicted_Is_Paraphrase",
@@ -173,6 +175,15 @@ def dev_score(dev_metrics: dict[str, Any]) -> float:
     raise ValueError(f"no dev score in {dev_metrics}")
 
 
+def objective_from_config(config: Config) -> Objective:
+    losses, s = config.losses, config.smart
+    smart = SmartConfig(s.weight, s.noise_std, s.step_size, s.epsilon, s.steps, s.norm, s.bregman_weight,
+                        s.teacher_momentum) if s.enabled else None
+    return Objective(losses.sst, losses.label_smoothing, losses.ordinal_alpha, losses.supcon_weight,
+                     losses.supcon_temperature, losses.simcse_weight, tuple(losses.simcse_tasks),
+                     losses.simcse_temperature, smart)
+
+
 def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Runs (or resumes) the whole job and returns the contents of `results.json`."""
     out = Path(config.out)
@@ -198,7 +209,9 @@ def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> di
     mesh = data_mesh()
     if t.batch_size % mesh.devices.size:
         raise ValueError(f"train.batch_size {t.batch_size} is not divisible by the {mesh.devices.size} devices")
-    state = replicate(create_train_state(params, tx), mesh)
+    objective = objective_from_config(config)
+    state = replicate(create_train_state(params, tx, initial_extra(params, len(config.tasks), t.surgery, objective)),
+                      mesh)
     del params
 
     store = CheckpointStore(out / "checkpoints")
@@ -215,7 +228,8 @@ def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> di
 
     base_key = jax.random.fold_in(jax.random.key(t.seed), 1)  # stream 0 initialized the heads
     train_step = jit_train_step(
-        make_train_step(model, tx, base_key, t.loss_combination, t.loss_weights, t.surgery), mesh)
+        make_train_step(model, tx, base_key, t.loss_combination, t.loss_weights, t.surgery, objective, t.gradvac_beta),
+        mesh)
     predictors = {task: jit_predict_step(make_predict_step(model, task), mesh) for task in config.tasks}
 
     metrics_file = out / "metrics.jsonl"

@@ -82,3 +82,17 @@ def test_missing_file():
 def test_resolved_config_is_plain_yaml(tmp_path):
     save_config(Config(), tmp_path / "c.yaml")
     assert yaml.safe_load((tmp_path / "c.yaml").read_text())["train"]["sampler"] == "roundrobin"
+
+
+def test_method_flags_and_their_errors():
+    config = load_config(None, parse_overrides(["--pcgrad", "--smart", "--epsilon=1e-4"]))
+    assert config.train.surgery == "pcgrad" and config.smart.enabled and config.smart.epsilon == 1e-4
+    assert load_config(None, parse_overrides(["--gradvac"])).train.surgery == "gradvac"
+    with pytest.raises(ConfigError, match="smart.*epsilon"):
+        load_config(None, parse_overrides(["--smart.epsilon=-1"]))
+    with pytest.raises(ConfigError, match="losses.sst is 'focal'"):
+        load_config(None, parse_overrides(["--losses.sst=focal"]))
+    with pytest.raises(ConfigError, match="losses.simcse_tasks"):
+        load_config(None, parse_overrides(["--simcse-tasks=sst,nli"]))
+    with pytest.raises(ConfigError, match="train.surgery 'pcgrad'.*balanced"):
+        load_config(None, parse_overrides(["--pcgrad", "--loss-combination=balanced"]))

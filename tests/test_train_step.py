@@ -17,9 +17,9 @@ from jaxbert.heads import HeadSpec, MultitaskBert, cosine, pool
 from jaxbert.losses import combine_losses
 from jaxbert.modeling import BertConfig
 from jaxbert.optim import make_optimizer
-from jaxbert.gradients import pcgrad
-from jaxbert.train_step import (create_train_state, data_mesh, frozen_encoder_optimizer, jit_train_step,
-                                make_train_step, replicate, shard_batch, task_loss_fns)
+from jaxbert.gradients import gradvac, gradvac_init, pcgrad
+from jaxbert.train_step import (Objective, create_train_state, data_mesh, frozen_encoder_optimizer, initial_extra,
+                                jit_train_step, make_train_step, replicate, shard_batch, task_loss_fns)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,8 +58,8 @@ def test_head_output_shapes(heads):
 def test_cosine_head_is_clamped_scaled_cosine():
     model, params, batches = tiny_setup(HeadSpec(pair_pooling="mean"))
     scores = np.asarray(model.apply({"params": params}, "sts", batches["sts"]))
-    encode = lambda s: model.apply({"params": params}, {k: batches["sts"][k + s] for k in  # noqa: E731
-                                   ("input_ids", "attention_mask", "token_type_ids")}, "", "mean", True,
+    encode = lambda s: model.apply({"params": params}, "sts", {k: batches["sts"][k + s] for k in  # noqa: E731
+                                   ("input_ids", "attention_mask", "token_type_ids")}, "mean", True,
                                    method=MultitaskBert.embed_sentences)
     u, v = np.asarray(encode("")), np.asarray(encode("_b"))
     expected = 5 * np.maximum((u * v).sum(1) / np.linalg.norm(u, axis=1) / np.linalg.norm(v, axis=1), 0)
@@ -120,18 +120,69 @@ def test_pcgrad_step_projects_the_encoder_and_leaves_heads_alone():
     new, _ = jax.jit(make_train_step(model, tx, key, "sum", surgery="pcgrad"))(state, batches)
     used = jax.tree.map(lambda a, b: a - b, params, new.params)
 
-    dropout_key = jax.random.fold_in(key, 0)
-    fns = task_loss_fns(model, batches, dropout_key)
-    task_grads = {t: jax.grad(fn)(params) for t, fn in fns.items()}
-    expected_encoder = pcgrad([task_grads[t]["bert"] for t in fns], jax.random.fold_in(dropout_key, 3), "sum")
-    for a, b in zip(jax.tree.leaves(used["bert"]), jax.tree.leaves(expected_encoder)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    task_grads = reference_task_grads(model, params, batches, key)
+    expected_encoder = pcgrad([task_grads[t]["bert"] for t in sorted(task_grads)], surgery_key(key), "sum")
+    assert_tree_close(used["bert"], expected_encoder, atol=1e-6)
     for task in ("sst", "para"):  # sts's cosine head has no parameters
-        for a, b in zip(jax.tree.leaves(used[task]), jax.tree.leaves(task_grads[task][task])):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+        assert_tree_close(used[task], task_grads[task][task], atol=1e-7)
     plain = jax.tree.map(lambda *g: sum(g), *[g["bert"] for g in task_grads.values()])
     assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(used["bert"]), jax.tree.leaves(plain))), \
         "random tiny tasks conflict somewhere, so PCGrad must change the encoder gradient"
+
+
+def reference_task_grads(model, params, batches, key, step=0):
+    """Each task's gradient at `params`, with the dropout streams the step uses."""
+    fns = task_loss_fns(model, batches, jax.random.fold_in(key, step))
+    return {t: jax.grad(fn, has_aux=True)(params)[0] for t, fn in fns.items()}
+
+
+def surgery_key(key, step=0):
+    return jax.random.fold_in(jax.random.fold_in(key, step), 3)
+
+
+def assert_tree_close(actual, expected, atol):
+    for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol)
+
+
+def test_two_updates_step_is_pcgrad_then_plain():
+    """`pcgrad_two_updates`: the PCGrad update, then the plain summed gradient, both taken at the start point."""
+    model, params, batches = tiny_setup()
+    tx, key = optax.sgd(1.0), jax.random.key(1)
+    state = create_train_state(jax.tree.map(jnp.array, params), tx)
+    new, _ = jax.jit(make_train_step(model, tx, key, "sum", surgery="pcgrad_two_updates"))(state, batches)
+    task_grads = reference_task_grads(model, params, batches, key)
+    shared = [task_grads[t]["bert"] for t in sorted(task_grads)]
+    expected = jax.tree.map(lambda a, b: a + b, pcgrad(shared, surgery_key(key), "sum"),
+                            jax.tree.map(lambda *g: sum(g), *shared))
+    assert_tree_close(jax.tree.map(lambda a, b: a - b, params["bert"], new.params["bert"]), expected, atol=1e-6)
+    assert_tree_close(jax.tree.map(lambda a, b: a - b, params["sst"], new.params["sst"]),
+                      jax.tree.map(lambda g: 2 * g, task_grads["sst"]["sst"]), atol=1e-7)
+
+
+def test_gradvac_step_carries_its_targets():
+    """GradVac's EMA targets live in the state, move by β·cos each step, and reach the checkpoint."""
+    model, params, batches = tiny_setup()
+    tx, key = optax.sgd(1.0), jax.random.key(1)
+    extra = initial_extra(params, 3, "gradvac", Objective())
+    state = create_train_state(jax.tree.map(jnp.array, params), tx, extra)
+    step = jax.jit(make_train_step(model, tx, key, "sum", surgery="gradvac", gradvac_beta=0.5))
+    new, _ = step(state, batches)
+    task_grads = reference_task_grads(model, params, batches, key)
+    shared = [task_grads[t]["bert"] for t in sorted(task_grads)]
+    update, targets = gradvac(shared, surgery_key(key), gradvac_init(3), 0.5, "sum")
+    np.testing.assert_allclose(new.extra["gradvac_targets"], targets, atol=1e-5)
+    assert np.abs(np.asarray(targets)).sum() > 0
+    assert_tree_close(jax.tree.map(lambda a, b: a - b, params["bert"], new.params["bert"]), update, atol=1e-6)
+    assert "extra" in new.checkpoint_items() and "extra" not in create_train_state(params, tx).checkpoint_items()
+    later, _ = step(new, batches)
+    assert not np.allclose(later.extra["gradvac_targets"], new.extra["gradvac_targets"])
+
+
+def test_unknown_surgery_is_an_error():
+    model, _, _ = tiny_setup()
+    with pytest.raises(ValueError, match="surgery 'pcgard'"):
+        make_train_step(model, optax.sgd(1.0), jax.random.key(0), surgery="pcgard")
 
 
 def test_frozen_encoder_moves_heads_only():

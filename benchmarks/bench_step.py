@@ -1,0 +1,561 @@
+"""Step-time benchmark: the jitted multitask train step against the same step in PyTorch.
+
+Rows (`--rows`, comma-separated; each runs in a fresh process so its compile time and peak memory are its own):
+
+  jax            `make_train_step` as `jaxbert.training` builds it: random-init `MultitaskBert` (sst, para
+                 cross-encoded, sts bi-encoded with the scaled cosine), the trainer's default optimizer, jitted
+                 over the `data` mesh.
+  jax-<surgery>  the same step with `make_train_step(..., surgery=<surgery>)`, e.g. `jax-pcgrad`.
+  jax-smart      the plain step with SMART as `--smart` turns it on (`config.smart` defaults).
+  torch          the same work in PyTorch: transformers' `BertModel` (SDPA attention), the same three heads
+                 and losses, `torch.optim.AdamW` (fused on GPU), bf16 autocast when `--dtype bfloat16`.
+  torch-compile  the `torch` row with the model and losses under `torch.compile`.
+  input          the host input pipeline (`samplers.epoch_plan` + `training.step_batches`) on synthetic
+                 encoded data of realistic lengths, in batches/s, against the plain step rate.
+
+Each step is one batch of `--batch` examples per task at `--seq` tokens (the sts batch runs 2 × batch
+sequences). Timing: `--warmup` untimed calls (the first one, compile included, is the compile time), then
+`--steps` timed calls, each synchronized; median and interquartile range.
+
+    python benchmarks/bench_step.py                                   # defaults for the backend found
+    python benchmarks/bench_step.py --model bert-base --batch 32 --seq 128 --rows jax,jax-pcgrad,torch
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # a script in benchmarks/ imports the library from the repository root
+
+from jaxbert import data as data_lib  # noqa: E402
+from jaxbert.config import Config, DataConfig, TrainConfig  # noqa: E402
+from jaxbert.heads import HeadSpec  # noqa: E402
+from jaxbert.modeling import BertConfig  # noqa: E402
+
+TASKS = ("sst", "para", "sts")
+# The trainer's default heads, spelled out because the PyTorch model mirrors exactly these.
+HEADS = HeadSpec(dropout=0.1, sst_pooling="cls", pair_pooling="cls", para_encoding="cross", sts_encoding="bi",
+                 sts_head="cosine")
+MODELS = {
+    "tiny": BertConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64),
+    "minilm": BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+    "bert-base": BertConfig(),
+}
+# Token lengths as log-normal (median, sigma) per sequence, and train-set sizes, fitted to the course's train
+# files encoded at max_length 128 (median / 90th percentile: sst 24 / 41, para cross-encoded 27 / 47, sts 13 / 28
+# for the longer sentence of a pair, which two draws of (10, 0.5) reproduce).
+LENGTHS = {"sst": (24, 0.42), "para": (27, 0.43), "sts": (10, 0.5)}
+TRAIN_SIZES = {"sst": 7444, "para": 14212, "sts": 5180}
+# Dense bf16 peaks from the vendors' spec sheets; the first name contained in the device kind wins.
+BF16_PEAK_FLOPS = (("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),
+                   ("A100", 312e12))
+PCGRAD_GOAL = 1.15  # PCGrad step time over the plain step's
+INPUT_GOAL = 5.0  # input batches/s over plain steps/s
+DEFAULT_ROWS = "jax,jax-pcgrad,jax-smart,torch,torch-compile,input"
+ACCELERATOR_DEFAULTS = dict(model="bert-base", batch=32, seq=128, steps=20, warmup=3, dtype="bfloat16")
+CPU_DEFAULTS = dict(model="minilm", batch=8, seq=64, steps=5, warmup=1, dtype="float32")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    model: str
+    batch: int
+    seq: int
+    steps: int
+    warmup: int
+    dtype: str
+    rows: tuple[str, ...]
+    seed: int
+    cpus: int | None
+    in_process: bool
+    out: str | None
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def synthetic_split(task: str, rows: int, max_length: int, vocab_size: int,
+                    rng: np.random.Generator) -> data_lib.Encoded:
+    """A train split as `data.encode_split` would produce it, with random tokens of realistic lengths."""
+    median, sigma = LENGTHS[task]
+    positions = np.arange(max_length)
+
+    def sequences(two_segments: bool) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        lengths = np.clip(np.round(median * np.exp(sigma * rng.standard_normal(rows))), 3, max_length).astype(np.int32)
+        mask = (positions < lengths[:, None]).astype(np.int32)
+        ids = rng.integers(5, vocab_size, (rows, max_length), dtype=np.int32) * mask  # ids below 5 are special
+        types = (positions >= lengths[:, None] // 2).astype(np.int32) * mask if two_segments else np.zeros_like(mask)
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, lengths
+
+    encoding = HEADS.encoding(task)
+    inputs, lengths = sequences(two_segments=encoding == "cross")
+    if encoding == "bi":
+        second, second_lengths = sequences(two_segments=False)
+        inputs.update({k + "_b": v for k, v in second.items()})
+        lengths = np.maximum(lengths, second_lengths)
+    spec = data_lib.TASKS[task]
+    labels = (rng.uniform(*spec.label_range, rows).astype(np.float32) if spec.label_kind == "score"
+              else rng.integers(spec.label_range[0], spec.label_range[1] + 1, rows).astype(np.int32))
+    return data_lib.Encoded(spec, "train", np.arange(rows).astype(str), inputs, lengths, labels, num_truncated=0)
+
+
+def synthetic_train(settings: Settings) -> dict[str, data_lib.Encoded]:
+    rng = np.random.default_rng(settings.seed)
+    return {task: synthetic_split(task, TRAIN_SIZES[task], settings.seq, MODELS[settings.model].vocab_size, rng)
+            for task in TASKS}
+
+
+def step_inputs(settings: Settings) -> dict[str, dict[str, np.ndarray]]:
+    """One step's host batches: the first `batch` examples of every task at the full `seq` width."""
+    train = synthetic_train(settings)
+    return {task: data_lib.make_batch(e, np.arange(settings.batch), settings.seq) for task, e in train.items()}
+
+
+# ----------------------------------------------------------------------------- work and timing
+
+
+def sequences_per_step(batch: int) -> int:
+    return sum(2 * batch if HEADS.encoding(task) == "bi" else batch for task in TASKS)
+
+
+def model_flops(config: BertConfig, batch: int, seq: int) -> float:
+    """Training FLOPs of one step: 6·N·tokens for the encoder's matmul weights N, plus attention's
+    q·kᵀ and p·v (2 · 2·seq·hidden per token and layer forward, ×3 with the backward pass).
+
+    Embedding lookups, the pooler and the heads are left out: together under 0.1% at bert-base size.
+    """
+    h, layers = config.hidden_size, config.num_hidden_layers
+    matmul_weights = layers * (4 * h * h + 2 * h * config.intermediate_size)
+    tokens = sequences_per_step(batch) * seq
+    return tokens * (6 * matmul_weights + 12 * layers * seq * h)
+
+
+def measure(step: Callable[[], Any], sync: Callable[[Any], Any], warmup: int, steps: int) -> tuple[float, list[float]]:
+    """Seconds of the first call (compilation and one step) and of each of the `steps` calls after the warm-up."""
+    times = []
+    for _ in range(warmup + steps):
+        start = time.perf_counter()
+        sync(step())
+        times.append(time.perf_counter() - start)
+    return times[0], times[warmup:]
+
+
+def timing_fields(settings: Settings, compile_s: float, times: list[float]) -> dict[str, Any]:
+    q25, median, q75 = np.percentile(times, [25, 50, 75])
+    return {"compile_s": compile_s, "step_ms": [1e3 * t for t in times], "step_ms_median": 1e3 * median,
+            "step_ms_iqr": 1e3 * (q75 - q25), "examples_per_s": len(TASKS) * settings.batch / median,
+            "tflops": model_flops(MODELS[settings.model], settings.batch, settings.seq) / median / 1e12}
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+# ----------------------------------------------------------------------------- JAX rows
+
+
+def jax_row(settings: Settings, surgery: str, smart: bool) -> dict[str, Any]:
+    """The step as `jaxbert.training.train_and_evaluate` builds it, from the default `Config` with `surgery`
+    (and SMART when `smart`), on random params and one fixed set of batches."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxbert.heads import MultitaskBert
+    from jaxbert.optim import make_optimizer
+    from jaxbert.train_step import create_train_state, data_mesh, initial_extra, jit_train_step, make_train_step, \
+        replicate, shard_batch
+    from jaxbert.training import objective_from_config
+
+    config = Config()
+    config.train.surgery, config.smart.enabled, config.model.dtype = surgery, smart, settings.dtype
+    model = MultitaskBert(MODELS[settings.model], TASKS, HEADS, dtype=jnp.dtype(config.model.dtype))
+    dummy = {k: jnp.zeros((1, 4), jnp.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    dummy.update({k + "_b": v for k, v in dummy.items()})
+    t = config.train
+    tx = make_optimizer(t.lr, settings.warmup + settings.steps, warmup_ratio=t.warmup_ratio, schedule=t.schedule,
+                        weight_decay=t.weight_decay, clip_norm=t.clip_norm, eps=t.eps)
+    objective = objective_from_config(config)
+    mesh = data_mesh()
+    if settings.batch % mesh.devices.size:
+        raise ValueError(f"--batch {settings.batch} is not divisible by the {mesh.devices.size} devices")
+
+    @jax.jit
+    def initial_state(key):
+        """What `training.build_model` and `train_and_evaluate` build eagerly, in one program (one compile)."""
+        params = {}
+        for task in TASKS:
+            params.update(model.init(key, task, dummy)["params"])
+        return create_train_state(params, tx, initial_extra(params, len(TASKS), t.surgery, objective))
+
+    state = replicate(initial_state(jax.random.key(settings.seed)), mesh)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    base_key = jax.random.fold_in(jax.random.key(settings.seed), 1)
+    train_step = jit_train_step(make_train_step(model, tx, base_key, t.loss_combination, t.loss_weights, t.surgery,
+                                                objective, t.gradvac_beta), mesh)
+    batches = shard_batch(step_inputs(settings), mesh)  # resident: the step alone is timed, not the transfer
+
+    metrics = None
+
+    def step():
+        nonlocal state, metrics
+        state, metrics = train_step(state, batches)
+        return state, metrics
+
+    compile_s, times = measure(step, jax.block_until_ready, settings.warmup, settings.steps)
+    device = jax.devices()[0]
+    stats = device.memory_stats() or {}
+    peak, source = ((stats["peak_bytes_in_use"], "device") if "peak_bytes_in_use" in stats
+                    else (peak_rss_bytes(), "process RSS"))
+    return {"framework": "jax", "platform": device.platform, "device": device.device_kind,
+            "devices": mesh.devices.size, "params": int(num_params), "loss": float(metrics["loss"]),
+            "peak_memory_bytes": int(peak), "memory_source": source, **timing_fields(settings, compile_s, times)}
+
+
+# ----------------------------------------------------------------------------- PyTorch rows
+
+
+def torch_multitask(config: BertConfig):
+    """The PyTorch twin of `MultitaskBert` with `HEADS`: `module(batches)` → the summed float32 task losses."""
+    import torch
+    import transformers
+
+    f = torch.nn.functional
+    bert_config = transformers.BertConfig(**dataclasses.asdict(config))
+    bert_config._attn_implementation = "sdpa"
+
+    class MultitaskTorchBert(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = transformers.BertModel(bert_config)
+            self.dropout = torch.nn.Dropout(HEADS.dropout)
+            self.sst = torch.nn.Linear(config.hidden_size, data_lib.TASKS["sst"].num_classes)
+            self.para = torch.nn.Linear(config.hidden_size, 1)
+
+        def cls(self, batch, suffix=""):
+            return self.bert(input_ids=batch["input_ids" + suffix], attention_mask=batch["attention_mask" + suffix],
+                             token_type_ids=batch["token_type_ids" + suffix]).last_hidden_state[:, 0]
+
+        def forward(self, batches):
+            sst, para, sts = batches["sst"], batches["para"], batches["sts"]
+            loss = f.cross_entropy(self.sst(self.dropout(self.cls(sst))).float(), sst["labels"])
+            para_logits = self.para(self.dropout(self.cls(para)))[:, 0].float()
+            loss = loss + f.binary_cross_entropy_with_logits(para_logits, para["labels"])
+            both = {k: torch.cat([sts[k], sts[k + "_b"]]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+            u, v = self.cls(both).float().chunk(2)  # one encoder call for both sentences, as in the JAX model
+            scores = 5.0 * torch.relu(f.cosine_similarity(u, v, eps=1e-8))
+            return loss + f.mse_loss(scores, sts["labels"])
+
+    return MultitaskTorchBert()
+
+
+def torch_row(settings: Settings, compiled: bool) -> dict[str, Any]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    torch.manual_seed(settings.seed)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    module = torch_multitask(MODELS[settings.model]).to(device).train()
+    t = TrainConfig()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=t.lr, eps=t.eps, weight_decay=t.weight_decay, fused=cuda)
+    forward = torch.compile(module) if compiled else module
+    label_dtypes = {"sst": torch.long, "para": torch.float32, "sts": torch.float32}
+    batches = {task: {k: torch.as_tensor(v, device=device, dtype=label_dtypes[task] if k == "labels" else torch.long)
+                      for k, v in batch.items()} for task, batch in step_inputs(settings).items()}
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=settings.dtype == "bfloat16")
+
+    def step():
+        with torch.autocast(**autocast):
+            loss = forward(batches)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    losses = []
+    sync = (lambda loss: (torch.cuda.synchronize(), losses.append(loss))) if cuda else losses.append
+    compile_s, times = measure(step, sync, settings.warmup, settings.steps)
+    peak, source = (torch.cuda.max_memory_allocated(), "device") if cuda else (peak_rss_bytes(), "process RSS")
+    return {"framework": "torch", "platform": device.type,
+            "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
+            "attention": module.bert.config._attn_implementation, "optimizer": "AdamW fused" if cuda else "AdamW",
+            "threads": torch.get_num_threads(), "params": sum(p.numel() for p in module.parameters()),
+            "loss": losses[-1].item(), "peak_memory_bytes": int(peak), "memory_source": source,
+            **timing_fields(settings, compile_s, times)}
+
+
+# ----------------------------------------------------------------------------- input row
+
+
+def input_row(settings: Settings, repeats: int = 3) -> dict[str, Any]:
+    """Host batches/s of a whole epoch as the trainer makes it: the plan, then `step_batches` per step."""
+    from jaxbert.samplers import epoch_plan
+    from jaxbert.training import step_batches
+
+    train = synthetic_train(settings)
+    t = TrainConfig()
+    buckets = sorted({b for b in DataConfig().buckets if b < settings.seq} | {settings.seq})
+    epoch_seconds, steps = [], 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        plan = epoch_plan(t.sampler, {task: len(e) for task, e in train.items()}, settings.batch, epoch=1,
+                          num_epochs=1, seed=settings.seed, epoch_length=t.epoch_length,
+                          lengths={task: e.lengths for task, e in train.items()}, group_batches=t.group_by_length)
+        for step in plan:
+            step_batches(train, step, buckets)
+        epoch_seconds.append(time.perf_counter() - start)
+        steps = len(plan)
+    median = float(np.median(epoch_seconds))
+    return {"framework": "numpy", "platform": "host", "device": platform.processor() or "cpu",
+            "sampler": t.sampler, "buckets": buckets, "steps_per_epoch": steps, "epoch_s": epoch_seconds,
+            "batches_per_s": steps / median, "ms_per_batch": 1e3 * median / steps,
+            "peak_memory_bytes": peak_rss_bytes(), "memory_source": "process RSS"}
+
+
+# ----------------------------------------------------------------------------- rows and processes
+
+
+def row_names() -> tuple[str, ...]:
+    from jaxbert.train_step import SURGERIES
+
+    return ("jax", *(f"jax-{s}" for s in SURGERIES if s != "none"), "jax-smart", "torch", "torch-compile", "input")
+
+
+def run_row(name: str, settings: Settings) -> dict[str, Any]:
+    """One row's measurements, or the error that stopped it."""
+    try:
+        if name.startswith("jax"):
+            surgery = name.removeprefix("jax-") if name not in ("jax", "jax-smart") else "none"
+            result = jax_row(settings, surgery, smart=name == "jax-smart")
+        elif name.startswith("torch"):
+            result = torch_row(settings, compiled=name == "torch-compile")
+        else:
+            result = input_row(settings)
+    except Exception as e:  # noqa: BLE001 — one failing row (OOM, a compiler error) must not lose the others
+        result = {"error": f"{type(e).__name__}: {e}"}
+    return {"row": name, **result}
+
+
+def run_isolated(name: str, settings: Settings) -> dict[str, Any]:
+    """`run_row` in a fresh interpreter, so compile caches, allocators and peak memory start clean."""
+    with tempfile.TemporaryDirectory() as folder:
+        result = Path(folder) / "row.json"
+        command = [sys.executable, __file__, "--model", settings.model, "--batch", str(settings.batch),
+                   "--seq", str(settings.seq), "--steps", str(settings.steps), "--warmup", str(settings.warmup),
+                   "--dtype", settings.dtype, "--seed", str(settings.seed), "--worker", name,
+                   "--worker-out", str(result)]
+        process = subprocess.run(command, capture_output=True, text=True)
+        if process.returncode or not result.is_file():
+            tail = (process.stderr or process.stdout).strip().splitlines()[-3:]
+            return {"row": name, "error": f"worker exited with {process.returncode}: {' | '.join(tail)}"}
+        return json.loads(result.read_text())
+
+
+def backend() -> str:
+    """JAX's default backend, asked in a child process so this one never claims accelerator memory."""
+    probe = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
+                           capture_output=True, text=True, check=True)
+    return probe.stdout.strip().splitlines()[-1]
+
+
+def environment(rows: list[dict[str, Any]], backend_name: str) -> dict[str, Any]:
+    def version(package):
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), None) if Path("/proc/cpuinfo").is_file() else platform.processor()
+    git = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
+    return {"backend": backend_name,
+            "devices": {r["framework"]: r["device"] for r in rows if "device" in r and r["framework"] != "numpy"},
+            "cpu": cpu, "cpu_count": os.cpu_count(), "cpus_used": len(os.sched_getaffinity(0)),
+            "load_average_at_end": os.getloadavg(),
+            "python": platform.python_version(),
+            "versions": {p: version(p) for p in ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "transformers")},
+            "git": git.stdout.strip() or None, "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def bf16_peak(device_kind: str) -> float | None:
+    return next((peak for name, peak in BF16_PEAK_FLOPS if name in device_kind), None)
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Adds each timed row's speed relative to eager PyTorch and its MFU; returns the ratios the project tracks."""
+    by_name = {r["row"]: r for r in rows if "step_ms_median" in r or "batches_per_s" in r}
+    torch_rate = by_name.get("torch", {}).get("examples_per_s")
+    for r in by_name.values():
+        if "examples_per_s" in r:
+            r["vs_torch"] = r["examples_per_s"] / torch_rate if torch_rate else None
+            peak = bf16_peak(r["device"]) if r["platform"] in ("gpu", "cuda") else None
+            r["mfu"] = r["tflops"] * 1e12 / peak if peak else None
+    plain = by_name.get("jax", {}).get("step_ms_median")
+    ratios: dict[str, Any] = {}
+    if plain:
+        for name, r in by_name.items():
+            if name.startswith("jax-"):
+                ratios[f"{name}_over_jax_step_time"] = r["step_ms_median"] / plain
+        if "input" in by_name:
+            ratios["input_batches_over_jax_steps"] = by_name["input"]["batches_per_s"] * plain / 1e3
+    for name in ("torch", "torch-compile"):
+        if plain and name in by_name:
+            ratios[f"jax_over_{name}_examples_per_s"] = by_name[name]["step_ms_median"] / plain
+    return ratios
+
+
+def format_bytes(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 2 ** 30:.2f} GiB"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    header = (f"{'row':<14} {'examples/s':>10} {'ms/step':>9} {'IQR ms':>8} {'× torch':>8} {'compile s':>9} "
+              f"{'peak memory':>16} {'TFLOP/s':>8} {'MFU':>6}")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        name = r["row"]
+        if "error" in r:
+            lines.append(f"{name:<14} error: {r['error']}")
+        elif "batches_per_s" in r:
+            lines.append(f"{name:<14} {r['batches_per_s']:.0f} batches/s ({r['ms_per_batch']:.2f} ms each: the plan "
+                         f"and step_batches over a {r['steps_per_epoch']}-step epoch), "
+                         f"peak {format_bytes(r['peak_memory_bytes'])} RSS")
+        else:
+            ratio = "n/a" if r["vs_torch"] is None else f"{r['vs_torch']:.2f}"
+            mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+            memory = format_bytes(r["peak_memory_bytes"]) + (" RSS" if r["memory_source"] == "process RSS" else "")
+            lines.append(f"{name:<14} {r['examples_per_s']:>10.1f} {r['step_ms_median']:>9.1f} "
+                         f"{r['step_ms_iqr']:>8.1f} {ratio:>8} {r['compile_s']:>9.1f} {memory:>16} "
+                         f"{r['tflops']:>8.3f} {mfu:>6}")
+    return "\n".join(lines)
+
+
+def ratio_lines(ratios: dict[str, Any]) -> list[str]:
+    lines = []
+    for key, value in ratios.items():
+        if key == "jax-pcgrad_over_jax_step_time":
+            verdict = "meets" if value <= PCGRAD_GOAL else "misses"
+            lines.append(f"PCGrad step / plain step: {value:.3f}× ({verdict} the goal ≤ {PCGRAD_GOAL}×)")
+        elif key == "input_batches_over_jax_steps":
+            verdict = "meets" if value >= INPUT_GOAL else "misses"
+            lines.append(f"input pipeline / plain step rate: {value:.1f}× ({verdict} the goal ≥ {INPUT_GOAL:g}×)")
+        elif key.endswith("_over_jax_step_time"):
+            lines.append(f"{key.removesuffix('_over_jax_step_time')} step / plain step: {value:.3f}×")
+        else:
+            lines.append(f"JAX / {key.removeprefix('jax_over_').removesuffix('_examples_per_s')} examples/s: "
+                         f"{value:.2f}×")
+    return lines
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(MODELS))
+    parser.add_argument("--batch", type=int, help="examples per task per step")
+    parser.add_argument("--seq", type=int, help="tokens per sequence")
+    parser.add_argument("--steps", type=int, help="timed steps")
+    parser.add_argument("--warmup", type=int, help="untimed steps before them, the compiling one included (>= 1)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (params stay float32)")
+    parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated, default {DEFAULT_ROWS}")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cpus", type=int,
+                        help="pin to this many CPUs (default all); on a shared CPU, 1 keeps thread pools from stalling")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run every row in this process (faster; compile caches and peak memory are shared)")
+    parser.add_argument("--out",
+                        help="JSON file; default benchmarks/results/<backend>-<model>-b<batch>-s<seq>-<dtype>.json")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def resolve(args: argparse.Namespace, defaults: dict[str, Any]) -> Settings:
+    """Fills the flags left out from `defaults` and checks them."""
+    values = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
+    rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
+    unknown = [r for r in rows if r not in row_names()]
+    if unknown:
+        raise ValueError(f"--rows: unknown row(s) {unknown}; choose from {', '.join(row_names())}")
+    for name in ("batch", "seq", "steps", "warmup"):
+        if values[name] < 1:
+            raise ValueError(f"--{name} must be >= 1, got {values[name]}")
+    max_positions = MODELS[values["model"]].max_position_embeddings
+    if values["seq"] > max_positions:
+        raise ValueError(f"--seq {values['seq']} exceeds the {max_positions} positions of --model {values['model']}")
+    usable = len(os.sched_getaffinity(0))
+    if args.cpus is not None and not 1 <= args.cpus <= usable:
+        raise ValueError(f"--cpus must be in [1, {usable}] (the CPUs this process may use), got {args.cpus}")
+    return Settings(rows=rows, seed=args.seed, cpus=args.cpus, in_process=args.in_process, out=args.out, **values)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Runs the rows, prints the table and the tracked ratios, writes the JSON report and returns it.
+
+    With `--worker ROW` (how `run_isolated` calls it) runs that one row and writes it to `--worker-out`."""
+    args = parse_args(argv)
+    if args.worker:  # every setting arrives as a flag, so the defaults passed here are never used
+        settings = resolve(argparse.Namespace(**{**vars(args), "rows": args.worker}), CPU_DEFAULTS)
+        Path(args.worker_out).write_text(json.dumps(run_row(args.worker, settings)))
+        return {}
+    backend_name = backend()
+    settings = resolve(args, CPU_DEFAULTS if backend_name == "cpu" else ACCELERATOR_DEFAULTS)
+    if settings.cpus is not None:  # before any row's thread pool exists; row processes inherit it
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:settings.cpus])
+    if settings.out is None:
+        name = f"{backend_name}-{settings.model}-b{settings.batch}-s{settings.seq}-{settings.dtype}.json"
+        settings = dataclasses.replace(settings, out=str(ROOT / "benchmarks" / "results" / name))
+    print(f"{backend_name}: model {settings.model}, batch {settings.batch} per task, seq {settings.seq}, "
+          f"{settings.dtype}, {settings.warmup} warm-up + {settings.steps} timed steps", flush=True)
+    rows = []
+    for name in settings.rows:
+        rows.append(run_row(name, settings) if settings.in_process else run_isolated(name, settings))
+        r = rows[-1]
+        status = r.get("error") or (
+            f"{r['step_ms_median']:.1f} ms/step" if "step_ms_median" in r else f"{r['batches_per_s']:.0f} batches/s")
+        print(f"  {name}: {status}", flush=True)
+    ratios = summarize(rows)
+    config = MODELS[settings.model]
+    report = {"settings": dataclasses.asdict(settings), "model_config": dataclasses.asdict(config),
+              "heads": dataclasses.asdict(HEADS), "sequences_per_step": sequences_per_step(settings.batch),
+              "model_flops_per_step": model_flops(config, settings.batch, settings.seq),
+              "environment": environment(rows, backend_name), "rows": rows, "ratios": ratios}
+    print()
+    print(table(rows))
+    for line in ratio_lines(ratios):
+        print(line)
+    if len({r["platform"] == "cpu" for r in rows if r.get("framework") in ("jax", "torch")}) > 1:
+        print("note: the JAX and PyTorch rows ran on different devices (is torch a CPU build?): their ratio "
+              "compares hardware, not frameworks")
+    out = Path(settings.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""SMART regularization (Jiang et al. 2020): smoothness-inducing adversarial loss and Bregman proximal point.
+
+The objective is L(θ) + λ_s R_s(θ) + μ D_Breg(θ, θ̃), with
+  R_s(θ)      = mean_i max_{‖δ_i‖ ≤ ε} ℓ_s(f(x_i + δ_i; θ), f(x_i; θ))   (δ on the embedding-layer output)
+  D_Breg(θ, θ̃) = mean_i ℓ_s(f(x_i; θ), f(x_i; θ̃))                       (θ̃ an EMA "teacher" of θ)
+and ℓ_s a symmetric divergence between two outputs. All divergences are computed in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+PyTree = Any
+
+KINDS = ("classification", "binary", "regression")
+TASK_KIND = {"sst": "classification", "cfimdb": "classification", "para": "binary", "sts": "regression"}
+_TINY = 1e-30  # keeps a zero gradient or zero perturbation from dividing by zero
+
+
+@dataclasses.dataclass(frozen=True)
+class SmartConfig:
+    """SMART hyper-parameters; the defaults are the paper's (σ = ε = 1e-5, η = 1e-3, K = 1, β = 0.99)."""
+
+    weight: float = 1.0  # λ_s, multiplies adversarial_loss
+    noise_std: float = 1e-5  # σ of the initial perturbation δ₀ ~ N(0, σ²)
+    step_size: float = 1e-3  # η of each ascent step
+    epsilon: float = 1e-5  # ε, radius of the perturbation ball
+    steps: int = 1  # K ascent steps
+    norm: str = "inf"  # inf | l2: the ball and the gradient normalization
+    bregman_weight: float = 1.0  # μ, multiplies bregman_loss
+    teacher_momentum: float = 0.99  # β of θ̃ ← β θ̃ + (1 − β) θ
+
+    def __post_init__(self):
+        for name in ("weight", "noise_std", "step_size", "epsilon", "bregman_weight", "teacher_momentum"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ValueError(f"SmartConfig.{name} must be a finite number >= 0, got {value!r}")
+        if self.teacher_momentum > 1:
+            raise ValueError(f"SmartConfig.teacher_momentum must be in [0, 1], got {self.teacher_momentum!r}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"SmartConfig.steps must be an integer >= 1, got {self.steps!r}")
+        if self.norm not in ("inf", "l2"):
+            raise ValueError(f"SmartConfig.norm must be 'inf' or 'l2', got {self.norm!r}")
+
+
+def _log_probs(out: Array, kind: str) -> Array:
+    """float32 log-probabilities `[batch, classes]`; a binary logit z is the two-class logits [z, 0]."""
+    out = out.astype(jnp.float32)
+    if kind == "binary":
+        out = jnp.stack([out, jnp.zeros_like(out)], -1)  # log_softmax([z, 0]) = [log σ(z), log σ(−z)]
+    return jax.nn.log_softmax(out, -1)
+
+
+def divergence(p_out: Array, q_out: Array, kind: str) -> Array:
+    """Symmetric divergence ℓ_s between two outputs of the same batch, averaged over the batch; float32 scalar.
+
+    Args:
+      p_out, q_out: logits `[batch, classes]` (classification), sigmoid logits `[batch]` (binary: the
+        distribution [σ(z), 1 − σ(z)]) or scores `[batch]` (regression).
+      kind: classification | binary | regression. Classification and binary give KL(p‖q) + KL(q‖p), regression
+        the squared error (p − q)².
+
+    Each KL direction holds its reference distribution constant, as MT-DNN's SymKlCriterion does: the gradient
+    w.r.t. either side's logits is then (softmax(own) − softmax(other)) / batch, a bounded pull of the two
+    together, whereas the full KL gradient adds log-ratio terms that grow without bound at saturated logits.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+    if kind == "regression":
+        return jnp.mean((p_out.astype(jnp.float32) - q_out.astype(jnp.float32)) ** 2)
+    log_p, log_q = _log_probs(p_out, kind), _log_probs(q_out, kind)
+    kl = lambda log_a, log_b: jnp.sum(jnp.exp(log_a) * (log_a - log_b), -1)  # noqa: E731
+    return jnp.mean(kl(jax.lax.stop_gradient(log_p), log_q) + kl(jax.lax.stop_gradient(log_q), log_p))
+
+
+def _unit(g: Array, norm: str) -> Array:
+    """g `[sequences, seq, hidden]` over its norm: per token row's max |g| for inf (as MT-DNN), per example L2."""
+    if norm == "inf":
+        size = jnp.max(jnp.abs(g), -1, keepdims=True)
+    else:
+        size = jnp.sqrt(jnp.sum(g ** 2, axis=tuple(range(1, g.ndim)), keepdims=True))
+    return g / jnp.maximum(size, _TINY)
+
+
+def _project(delta: Array, epsilon: float, norm: str) -> Array:
+    """δ onto the ε-ball: clipped elementwise (inf) or rescaled per example (l2). ε = 0 gives δ = 0 exactly."""
+    if norm == "inf":
+        return jnp.clip(delta, -epsilon, epsilon)
+    size = jnp.sqrt(jnp.sum(delta ** 2, axis=tuple(range(1, delta.ndim)), keepdims=True))
+    return delta * jnp.minimum(1.0, epsilon / jnp.maximum(size, _TINY))
+
+
+def adversarial_loss(forward: Callable[[Array], Array], clean_output: Array, shape: tuple[int, ...], kind: str,
+                     key: Array, cfg: SmartConfig) -> Array:
+    """Smoothness-inducing regularizer R_s (SMART Algorithm 1), unweighted: the caller multiplies by `cfg.weight`.
+
+    Args:
+      forward: δ `shape` ↦ the model's output on the perturbed input, with the dropout key of `clean_output`.
+      clean_output: the model's output without perturbation (what `forward(zeros)` returns).
+      shape: `[sequences, seq, hidden]`, the embedding-layer output's shape.
+      kind: classification | binary | regression (see `divergence`).
+      key: PRNG key for δ₀.
+
+    δ₀ ~ N(0, σ²); K times: δ ← Π_ε(δ + η g/‖g‖) with g = ∇_δ ℓ_s(f(x + δ), sg(f(x))). δ is then a constant and
+    ℓ_s(f(x + δ), f(x)) sends gradients into θ through both outputs (MT-DNN's SymKlCriterion(logits,
+    adv_logits): each KL direction into its log-probability side only). Each ascent step ends with the
+    projection, so ε = 0 gives δ = 0 and a loss of exactly 0. δ stays float32 whatever `forward` computes in,
+    but a bfloat16 model adds it to embeddings of magnitude ~1 whose spacing is ~4e-3: the paper's ε = 1e-5 is
+    mostly rounded away there and the loss is ~0.
+    """
+    target = jax.lax.stop_gradient(clean_output)
+    # With the target constant the KL kinds reduce to ∇_δ KL(f(x)‖f(x + δ)) (see `divergence`), VAT's
+    # power-iteration step.
+    ascent = jax.grad(lambda d: divergence(forward(d), target, kind))
+    delta = cfg.noise_std * jax.random.normal(key, shape, jnp.float32)
+    for _ in range(cfg.steps):
+        g = ascent(delta)
+        delta = _project(delta + cfg.step_size * _unit(g, cfg.norm), cfg.epsilon, cfg.norm)
+    return divergence(forward(jax.lax.stop_gradient(delta)), clean_output, kind)
+
+
+def bregman_loss(output: Array, teacher_output: Array, kind: str) -> Array:
+    """Bregman proximal point term ℓ_s(f(x; θ), f(x; θ̃)); the teacher's output is a constant. Unweighted (μ)."""
+    return divergence(output, jax.lax.stop_gradient(teacher_output), kind)
+
+
+def update_teacher(teacher_params: PyTree, params: PyTree, momentum: float | Array) -> PyTree:
+    """θ̃ ← β θ̃ + (1 − β) θ leaf by leaf, in the teacher's dtypes (SMART's momentum Bregman proximal point)."""
+    return jax.tree.map(lambda t, p: (momentum * t + (1 - momentum) * p).astype(t.dtype), teacher_params, params)
