@@ -62,7 +62,8 @@ class Objective:
     smart: SmartConfig | None = None
 
     def two_views(self, task: str) -> bool:
-        return (self.supcon_weight > 0 and task in NUM_CLASSES) or (self.simcse_weight > 0 and task in self.simcse_tasks)
+        supcon = self.supcon_weight > 0 and task in NUM_CLASSES
+        return supcon or (self.simcse_weight > 0 and task in self.simcse_tasks)
 
     def head_loss(self, task: str, output: jax.Array, labels: jax.Array) -> jax.Array:
         if task in NUM_CLASSES:
@@ -72,7 +73,8 @@ class Objective:
         return TASK_LOSS[task](output, labels)
 
 
-def create_train_state(params: Any, tx: optax.GradientTransformation, extra: dict[str, Any] | None = None) -> TrainState:
+def create_train_state(params: Any, tx: optax.GradientTransformation,
+                       extra: dict[str, Any] | None = None) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), extra=extra or {})
 
 
@@ -119,7 +121,7 @@ def task_loss_fns(model: MultitaskBert, batches: Batches, dropout_key: jax.Array
             if views == 2:
                 # Rows of `embeddings` are [group][view][row]: a bi-encoded pair has two groups, its sentences.
                 grouped = embeddings.reshape(-1, 2, rows, embeddings.shape[-1])
-                first, second = grouped[:, 0].reshape(-1, grouped.shape[-1]), grouped[:, 1].reshape(-1, grouped.shape[-1])
+                first, second = (grouped[:, view].reshape(-1, grouped.shape[-1]) for view in (0, 1))
                 if objective.supcon_weight > 0 and task in NUM_CLASSES:
                     parts["supcon"] = objective.supcon_weight * losses.supervised_contrastive_loss(
                         embeddings, jnp.concatenate([labels, labels]), objective.supcon_temperature)
@@ -225,7 +227,8 @@ def make_train_step(
                                                gradients.aggregate(reduction, shared))
                 new_state = apply(new_state, plain, new_state.params)
         if "teacher" in extra:
-            extra["teacher"] = smart.update_teacher(extra["teacher"], new_state.params, objective.smart.teacher_momentum)
+            extra["teacher"] = smart.update_teacher(extra["teacher"], new_state.params,
+                                                    objective.smart.teacher_momentum)
         new_state = new_state.replace(step=state.step + 1, extra=extra)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         for task, (task_loss, parts) in results.items():
