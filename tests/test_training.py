@@ -61,6 +61,20 @@ def workspace(tmp_path_factory):
     return tiny_checkpoint(root / "bert"), write_fixture_data(root / "data"), root
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """The runs of a test compile the same steps: a persistent cache lets the second and third reuse them."""
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")
+    saved = {key: getattr(jax.config, key) for key in keys}
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    yield
+    for key, value in saved.items():
+        jax.config.update(key, value)
+
+
 ARGS = ["--epochs=2", "--batch-size=8", "--eval-batch-size=16", "--max-length=32", "--buckets=32",
         "--lr=1e-3", "--log-every=1"]
 
