@@ -3,6 +3,7 @@
     python train.py --sampler=roundrobin
     python train.py --config configs/cosine_heads.yaml --lr=3e-5 --out runs/cosine
     python train.py --tasks sst --epochs 3         # single-task sentiment
+    python train.py --pcgrad --smart               # gradient surgery and SMART (also --gradvac, --cagrad, ...)
 
 Any config field can be overridden as --section.key=value or, when unique, --key=value. See configs/default.yaml.
 """
