@@ -286,6 +286,7 @@ def test_default_cpu_suite_loads():
         "roundrobin": ("none", False, "roundrobin", "sum"), "pcgrad": ("pcgrad", False, "roundrobin", "sum"),
         "gradvac": ("gradvac", False, "roundrobin", "sum"), "smart": ("none", True, "roundrobin", "sum"),
         "annealed": ("none", False, "annealed", "sum"), "balanced": ("none", False, "roundrobin", "balanced")}
-    for c in configs.values():  # bounded: one evaluation after 100 steps of 3 × 32 (or 300 one-task steps)
-        assert c.model.checkpoint.endswith("all-minilm-l6-v2") and c.train.batch_size == 32
-        assert c.train.steps_per_epoch * c.train.epochs == (300 if c.train.sampler == "annealed" else 100)
+    for c in configs.values():  # bounded: one evaluation after 80 steps of 3 × 16 (or 240 one-task steps)
+        assert c.model.checkpoint.endswith("all-minilm-l6-v2") and c.train.batch_size == 16
+        assert c.train.steps_per_epoch * c.train.epochs == (240 if c.train.sampler == "annealed" else 80)
+        assert c.data.buckets == [32, 64, 128]
