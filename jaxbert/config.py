@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from jaxbert.heads import SHARED_HEADS
 from jaxbert.smart import SmartConfig
 
 
@@ -34,7 +35,12 @@ class HeadsConfig:
     pair_pooling: str = "cls"
     para_encoding: str = "cross"  # cross | bi
     sts_encoding: str = "bi"  # bi | cross
-    sts_head: str = "cosine"  # cosine | cosine_concat | linear (the only choice with cross encoding)
+    sts_head: str = "cosine"  # cosine | sigmoid_cosine | cosine_concat | linear (the only choice with cross encoding)
+    cosine_scale: float = 20.0  # sigmoid_cosine: 5·sigmoid(scale·cos(u, v)), 20 in report 002
+    hidden_layers: int = 0  # MLP hidden layers before each head's output layer (0: linear heads)
+    task_hidden_layers: dict[str, int] = dataclasses.field(default_factory=dict)  # per-task overrides: {sts: 1}
+    hidden_size: int | None = None  # their width (None: the encoder's hidden size)
+    activation: str = "relu"  # relu | gelu | tanh | squared_relu
     para_prompt: str | None = None  # text placed before a cross-encoded paraphrase pair
     pal_size: int = 0  # projected attention layers: each task's low-rank attention width (0: off; 204 in the paper)
     pal_heads: int = 12
@@ -84,7 +90,10 @@ class LossConfig:
     supcon_temperature: float = 0.07
     simcse_weight: float = 0.0  # unsupervised SimCSE on two dropout views of `simcse_tasks`' sentences
     simcse_tasks: list[str] = dataclasses.field(default_factory=lambda: ["sst"])
-    simcse_temperature: float = 0.05
+    simcse_temperature: float = 0.05  # also nli's supervised SimCSE
+    sts: str = "mse"  # mse | cosine_embedding (on the pair's embeddings, report 002)
+    cosine_embedding_threshold: float = 2.5  # an STS pair scored at least this is a positive
+    cosine_embedding_margin: float = 0.0  # negatives cost max(0, cos − margin)
 
 
 @dataclasses.dataclass
@@ -298,7 +307,8 @@ CHOICES = {
     "heads.pair_pooling": ("cls", "pooler", "mean", "max"),
     "heads.para_encoding": ("cross", "bi"),
     "heads.sts_encoding": ("bi", "cross"),
-    "heads.sts_head": ("cosine", "cosine_concat", "linear"),
+    "heads.sts_head": ("cosine", "sigmoid_cosine", "cosine_concat", "linear"),
+    "heads.activation": ("relu", "gelu", "tanh", "squared_relu"),
     "data.source": ("local", "hf"),
     "train.sampler": ("roundrobin", "sequential", "proportional", "annealed"),
     "train.epoch_length": ("min", "max", "steps"),
@@ -306,12 +316,13 @@ CHOICES = {
     "train.schedule": ("constant", "linear"),
     "train.surgery": ("none", "pcgrad", "pcgrad_two_updates", "gradvac", "cagrad", "mgda", "imtl_g"),
     "losses.sst": ("ce", "ordinal"),
+    "losses.sts": ("mse", "cosine_embedding"),
     "smart.norm": ("inf", "l2"),
 }
 # Bare flags that stand for a setting: `--pcgrad` is `--train.surgery=pcgrad`, `--smart` is `--smart.enabled`.
 SHORTHANDS = {**{name: ("train.surgery", name) for name in CHOICES["train.surgery"] if name != "none"},
               "smart": ("smart.enabled", "true")}
-KNOWN_TASKS = ("sst", "cfimdb", "para", "sts")
+KNOWN_TASKS = ("sst", "cfimdb", "para", "sts", "nli", "tweet")
 
 
 def get(config: Config, key: str) -> Any:
@@ -346,6 +357,10 @@ def validate(config: Config) -> None:
     unknown = [t for t in config.losses.simcse_tasks if t not in KNOWN_TASKS]
     if unknown:
         raise ConfigError(f"losses.simcse_tasks {unknown} are not tasks; known: {', '.join(KNOWN_TASKS)}")
+    if "nli" in config.losses.simcse_tasks:
+        raise ConfigError("losses.simcse_tasks cannot include nli: its triplets are trained with supervised SimCSE "
+                          "already")
+    _validate_heads(config)
     for key in ("losses.label_smoothing",):
         if not 0.0 <= get(config, key) < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {get(config, key)}")
@@ -356,6 +371,34 @@ def validate(config: Config) -> None:
     weights = config.train.loss_weights
     if config.train.loss_combination == "weights" and set(weights) != set(config.tasks):
         raise ConfigError(f"train.loss_weights must give a weight for each task {config.tasks}, got {weights}")
+
+
+def _validate_heads(config: Config) -> None:
+    heads, losses = config.heads, config.losses
+    if heads.hidden_layers < 0:
+        raise ConfigError(f"heads.hidden_layers must be non-negative, got {heads.hidden_layers}")
+    for task, layers in heads.task_hidden_layers.items():
+        if task not in KNOWN_TASKS or task in SHARED_HEADS:
+            owners = [t for t in KNOWN_TASKS if t not in SHARED_HEADS]
+            shared = ", ".join(f"{t} trains the {o} head" for t, o in SHARED_HEADS.items())
+            raise ConfigError(f"heads.task_hidden_layers: {task!r} is not a task with a head of its own ({shared}); "
+                              f"known: {', '.join(owners)}")
+        if layers < 0:
+            raise ConfigError(f"heads.task_hidden_layers.{task} must be non-negative, got {layers}")
+    if heads.hidden_size is not None and heads.hidden_size < 1:
+        raise ConfigError(f"heads.hidden_size must be positive or null, got {heads.hidden_size}")
+    if not heads.cosine_scale > 0:
+        raise ConfigError(f"heads.cosine_scale must be positive, got {heads.cosine_scale}")
+    if losses.sts == "cosine_embedding" and not (heads.sts_encoding == "bi"
+                                                 and heads.sts_head in ("cosine", "sigmoid_cosine")):
+        raise ConfigError(f"losses.sts 'cosine_embedding' reads the cosine of the pair's embeddings: it needs "
+                          f"heads.sts_encoding 'bi' and heads.sts_head 'cosine' or 'sigmoid_cosine', not "
+                          f"{heads.sts_encoding!r} and {heads.sts_head!r} (whose parameters it would not train)")
+    if not 0.0 <= losses.cosine_embedding_threshold <= 5.0:
+        raise ConfigError(f"losses.cosine_embedding_threshold must be on the 0-5 similarity scale, got "
+                          f"{losses.cosine_embedding_threshold}")
+    if not -1.0 <= losses.cosine_embedding_margin <= 1.0:
+        raise ConfigError(f"losses.cosine_embedding_margin must be in [-1, 1], got {losses.cosine_embedding_margin}")
 
 
 def to_dict(config: Config) -> dict[str, Any]:

@@ -45,10 +45,13 @@ class TrainState:
 class Objective:
     """What each task's loss is made of, beyond its head's loss. Static: it shapes the compiled step.
 
-    `supcon_weight` adds the supervised contrastive loss on the sentence embeddings of the classification
-    tasks, `simcse_weight` unsupervised SimCSE on the sentences of `simcse_tasks`; both see two dropout views
-    of every sentence, made by running each batch twice in one call. `smart` adds SMART's adversarial term and,
-    with `bregman_weight` > 0, its proximal term against an EMA teacher.
+    `sts_loss` is STS's head loss: `mse` on the head's score, or `cosine_embedding` on the pair's embeddings
+    (similar when the score is at least `cosine_embedding_threshold`). `nli` triplets are trained with
+    supervised SimCSE at `simcse_temperature`, the contradictions as hard negatives. `supcon_weight` adds the
+    supervised contrastive loss on the sentence embeddings of the classification tasks, `simcse_weight`
+    unsupervised SimCSE on the sentences of `simcse_tasks`; both see two dropout views of every sentence, made by
+    running each batch twice in one call. `smart` adds SMART's adversarial term and, with `bregman_weight` > 0,
+    its proximal term against an EMA teacher, to every task with a prediction to smooth (not nli).
     """
 
     sst_loss: str = "ce"  # ce | ordinal
@@ -60,12 +63,23 @@ class Objective:
     simcse_tasks: tuple[str, ...] = ()
     simcse_temperature: float = 0.05
     smart: SmartConfig | None = None
+    sts_loss: str = "mse"  # mse | cosine_embedding
+    cosine_embedding_threshold: float = 2.5
+    cosine_embedding_margin: float = 0.0
 
     def two_views(self, task: str) -> bool:
         supcon = self.supcon_weight > 0 and task in NUM_CLASSES
         return supcon or (self.simcse_weight > 0 and task in self.simcse_tasks)
 
-    def head_loss(self, task: str, output: jax.Array, labels: jax.Array) -> jax.Array:
+    def head_loss(self, task: str, output: jax.Array, labels: jax.Array | None, sentences: jax.Array) -> jax.Array:
+        """The loss of `task`'s head output `[batch, ...]`, or of its sentence embeddings `sentences`
+        `[sentences per example, batch, d]` for the losses that read them."""
+        if task == "nli":
+            premises, entailments, contradictions = sentences
+            return losses.simcse_loss(premises, entailments, self.simcse_temperature, hard_negatives=contradictions)
+        if task == "sts" and self.sts_loss == "cosine_embedding":
+            targets = jnp.where(labels >= self.cosine_embedding_threshold, 1, -1)
+            return losses.cosine_embedding_loss(sentences[0], sentences[1], targets, self.cosine_embedding_margin)
         if task in NUM_CLASSES:
             if self.sst_loss == "ordinal":
                 return losses.ordinal_log_loss(output, labels, self.ordinal_alpha)
@@ -107,7 +121,7 @@ def task_loss_fns(model: MultitaskBert, batches: Batches, dropout_key: jax.Array
 
     def loss_fn(task, batch, key):
         dropout_key, smart_key = jax.random.split(key)
-        labels, rows = batch["labels"], batch["labels"].shape[0]
+        labels, rows = batch.get("labels"), batch["input_ids"].shape[0]
         views = 2 if objective.two_views(task) else 1
         inputs = _twice(batch) if views == 2 else batch
 
@@ -117,10 +131,10 @@ def task_loss_fns(model: MultitaskBert, batches: Batches, dropout_key: jax.Array
 
         def loss(params):
             output, embeddings = forward(params)
-            parts = {"head": objective.head_loss(task, output[:rows], labels)}
+            # Rows of `embeddings` are [group][view][row]: a bi-encoded pair has two groups (its sentences), a triplet 3.
+            grouped = embeddings.reshape(-1, views, rows, embeddings.shape[-1])
+            parts = {"head": objective.head_loss(task, output[:rows], labels, grouped[:, 0])}
             if views == 2:
-                # Rows of `embeddings` are [group][view][row]: a bi-encoded pair has two groups, its sentences.
-                grouped = embeddings.reshape(-1, 2, rows, embeddings.shape[-1])
                 first, second = (grouped[:, view].reshape(-1, grouped.shape[-1]) for view in (0, 1))
                 if objective.supcon_weight > 0 and task in NUM_CLASSES:
                     parts["supcon"] = objective.supcon_weight * losses.supervised_contrastive_loss(
@@ -128,7 +142,7 @@ def task_loss_fns(model: MultitaskBert, batches: Batches, dropout_key: jax.Array
                 if objective.simcse_weight > 0 and task in objective.simcse_tasks:
                     parts["simcse"] = objective.simcse_weight * losses.simcse_loss(
                         first, second, objective.simcse_temperature)
-            if objective.smart is not None:
+            if objective.smart is not None and task in smart.TASK_KIND:
                 cfg, kind = objective.smart, smart.TASK_KIND[task]
                 adversarial = smart.adversarial_loss(lambda d: forward(params, d)[0], output,
                                                      model.encoder_input_shape(task, inputs), kind, smart_key, cfg)
@@ -164,8 +178,8 @@ def per_task_gradients(loss_fns, params):
 
 
 def combine_task_gradients(task_grads, params, encoder_grad):
-    """The encoder takes `encoder_grad`; every other parameter (a head, a task's adapters) belongs to one task,
-    so summing over tasks gives it exactly its own task's gradient."""
+    """The encoder takes `encoder_grad`; every other parameter (a head, a task's adapters) belongs to one task, or
+    to the tasks that share it (`heads.SHARED_HEADS`), so summing over tasks gives it exactly their gradient."""
     encoder_grad = jax.tree.map(lambda g, p: g.astype(p.dtype), encoder_grad, params["bert"])
     return {name: encoder_grad if name == "bert" else jax.tree.map(lambda *g: sum(g), *[g[name] for g in task_grads])
             for name in params}

@@ -35,7 +35,7 @@ from jaxbert.train_step import (Objective, create_train_state, data_mesh, frozen
 
 # The course's prediction-file headers, kept verbatim (typo included) so its scripts read our files.
 PREDICTION_HEADERS = {"sst": "Predicted_Sentiment", "cfimdb": "Predicted_Sentiment", "para": "Predicted_Is_Paraphrase",
-                      "sts": "Predicted_Similiarity"}
+                      "sts": "Predicted_Similiarity", "tweet": "Predicted_Sentiment"}
 
 
 def build_model(config: Config, log: Callable[[str], None]) -> tuple[MultitaskBert, dict, Path]:
@@ -48,7 +48,7 @@ def build_model(config: Config, log: Callable[[str], None]) -> tuple[MultitaskBe
     model = MultitaskBert(bert_config, tuple(config.tasks), heads, config.model.freeze_encoder,
                           dtype=jnp.dtype(config.model.dtype))
     dummy = {k: jnp.zeros((1, 4), jnp.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
-    dummy.update({k + "_b": v for k, v in dummy.items()})
+    dummy.update({k + suffix: v for k, v in dummy.items() for suffix in ("_b", "_c")})
     init_key = jax.random.key(config.train.seed)
     params = {}
     for task in config.tasks:
@@ -155,6 +155,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
                     series.setdefault(f"{task} {name}", []).append((record["epoch"], value))
             else:
                 series.setdefault(task, []).append((record["epoch"], metrics))
+    if not series:  # no task has a dev metric (nli alone): nothing to draw
+        return
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, points in series.items():
         ax.plot(*zip(*points), marker="o", label=label)
@@ -167,12 +169,13 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def dev_score(dev_metrics: dict[str, Any]) -> float:
-    """The number best-checkpoint selection maximizes: the course's overall score when it exists."""
+def dev_score(dev_metrics: dict[str, Any]) -> float | None:
+    """The number best-checkpoint selection maximizes: the course's overall score when it exists, else the mean;
+    None when no task has a dev metric that counts (nli alone, say)."""
     for key in ("overall", "mean"):
         if key in dev_metrics:
             return float(dev_metrics[key])
-    raise ValueError(f"no dev score in {dev_metrics}")
+    return None
 
 
 def objective_from_config(config: Config) -> Objective:
@@ -181,7 +184,9 @@ def objective_from_config(config: Config) -> Objective:
                         s.teacher_momentum) if s.enabled else None
     return Objective(losses.sst, losses.label_smoothing, losses.ordinal_alpha, losses.supcon_weight,
                      losses.supcon_temperature, losses.simcse_weight, tuple(losses.simcse_tasks),
-                     losses.simcse_temperature, smart)
+                     losses.simcse_temperature, smart, sts_loss=losses.sts,
+                     cosine_embedding_threshold=losses.cosine_embedding_threshold,
+                     cosine_embedding_margin=losses.cosine_embedding_margin)
 
 
 def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -245,7 +250,7 @@ def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> di
         for i in bar:
             batches = step_batches(train, plan[i], config.data.buckets)
             state, step_metrics = train_step(state, shard_batch(batches, mesh))
-            examples += sum(len(b["labels"]) for b in batches.values())
+            examples += sum(len(b["input_ids"]) for b in batches.values())
             step = i + 1
             if step % t.log_every == 0 or step == len(plan):
                 host = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
@@ -266,7 +271,8 @@ def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> di
         record = {"epoch": epoch + 1, "step": int(jax.device_get(state.step)), "dev": dev,
                   "train_examples_per_sec": examples / max(time.time() - tick, 1e-9)}
         progress["history"].append(record)
-        is_best = score > progress["best_score"]
+        # With no score to select by, no best checkpoint is kept and the final evaluation uses the latest state.
+        is_best = score is not None and score > progress["best_score"]
         if is_best:
             progress["best_score"] = score
         progress.update(epoch=epoch + 1, step_in_epoch=0, score=score)
@@ -292,7 +298,8 @@ def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> di
             results["metrics"][split] = metrics
     history = progress["history"]
     if history:
-        results["best_epoch"] = max(history, key=lambda r: dev_score(r["dev"]))["epoch"]
+        scored = [r for r in history if dev_score(r["dev"]) is not None]
+        results["best_epoch"] = (max(scored, key=lambda r: dev_score(r["dev"])) if scored else history[-1])["epoch"]
         plot_curves(history, out / "dev_curves.png")
     write_predictions(out, data, predictions_by_split)
     results["wall_time_sec"] = time.time() - start_time

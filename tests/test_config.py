@@ -47,7 +47,7 @@ def test_saved_config_reloads_identically(tmp_path):
     ("train:\n  lr: [1]\n", "train.lr: expected a number"),
     ("model: 3\n", "model: expected a mapping"),
     ("train:\n  sampler: random\n", "train.sampler is 'random'; allowed: roundrobin"),
-    ("tasks: [sst, nli]\n", "tasks ['sst', 'nli'] must be a non-empty subset"),
+    ("tasks: [sst, mnli]\n", "tasks ['sst', 'mnli'] must be a non-empty subset"),
     ("heads:\n  sts_encoding: cross\n", "heads.sts_head must be 'linear'"),
     ("data:\n  buckets: [32, 64]\n", "must include data.max_length 128"),
 ])
@@ -93,6 +93,6 @@ def test_method_flags_and_their_errors():
     with pytest.raises(ConfigError, match="losses.sst is 'focal'"):
         load_config(None, parse_overrides(["--losses.sst=focal"]))
     with pytest.raises(ConfigError, match="losses.simcse_tasks"):
-        load_config(None, parse_overrides(["--simcse-tasks=sst,nli"]))
+        load_config(None, parse_overrides(["--simcse-tasks=sst,mnli"]))
     with pytest.raises(ConfigError, match="train.surgery 'pcgrad'.*balanced"):
         load_config(None, parse_overrides(["--pcgrad", "--loss-combination=balanced"]))
