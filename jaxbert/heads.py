@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxbert.modeling import BertConfig, BertModel, ProjectedAttention, dense_init
+from jaxbert.modeling import BertConfig, BertModel, Execution, ProjectedAttention, dense_init
 
 Array = jax.Array
 Dtype = Any
@@ -82,6 +82,7 @@ class MultitaskBert(nn.Module):
     freeze_encoder: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    execution: Execution = Execution()
 
     def encoder_input_shape(self, task: str, batch: dict[str, Array]) -> tuple[int, int, int]:
         """Shape `[sequences, seq, hidden]` of the embedding-layer output for `task`'s batch."""
@@ -89,7 +90,7 @@ class MultitaskBert(nn.Module):
         return (2 * rows if self.heads.encoding(task) == "bi" else rows, length, self.config.hidden_size)
 
     def setup(self):
-        self.bert = BertModel(self.config, self.dtype, self.param_dtype)
+        self.bert = BertModel(self.config, self.dtype, self.param_dtype, self.execution)
         self.dropout = nn.Dropout(self.heads.dropout)
         dense = lambda n, name: nn.Dense(n, kernel_init=dense_init(self.config), dtype=self.dtype,  # noqa: E731
                                          param_dtype=self.param_dtype, name=name)
@@ -99,7 +100,7 @@ class MultitaskBert(nn.Module):
         self.out = out
         # Owned here, not by `bert`, so each task's PALs are a top-level key of their own, like its head.
         self.pal = {task: ProjectedAttention(self.config, self.heads.pal_size, self.heads.pal_heads, self.dtype,
-                                             self.param_dtype, name=f"pal_{task}")
+                                             self.param_dtype, self.execution, name=f"pal_{task}")
                     for task in self.tasks} if self.heads.pal_size else {}
 
     def embed_sentences(self, task: str, batch: dict[str, Array], pooling: str, deterministic: bool,
