@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import yaml
 
 from jaxbert.heads import SHARED_HEADS
+from jaxbert.modeling import ATTENTION_KERNELS
 from jaxbert.smart import SmartConfig
 
 
@@ -25,7 +26,9 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
     freeze_encoder: bool = False  # train the heads only
     hidden_dropout: float | None = None  # override the checkpoint's dropout rates
-    attention_dropout: float | None = None
+    attention_dropout: float | None = None  # 0 lets training use the fused attention kernel too
+    attention: str = "auto"  # auto | xla | cudnn: kernel of dropout-free attention (auto: cuDNN on GPU in bf16)
+    remat: bool = False  # recompute each encoder layer's activations in the backward pass (less memory)
 
 
 @dataclasses.dataclass
@@ -68,6 +71,7 @@ class TrainConfig:
     epochs: int = 10
     max_steps: int | None = None  # caps the whole run, the LR schedule included
     batch_size: int = 32  # per task, across all devices
+    accumulation_steps: int = 1  # micro-batches per optimizer step: each task's batch is split into this many
     eval_batch_size: int = 128
     lr: float = 2e-5
     schedule: str = "constant"  # constant | linear (warm-up then linear decay)
@@ -303,6 +307,7 @@ def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]
 
 CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
+    "model.attention": ATTENTION_KERNELS,
     "heads.sst_pooling": ("cls", "pooler", "mean", "max"),
     "heads.pair_pooling": ("cls", "pooler", "mean", "max"),
     "heads.para_encoding": ("cross", "bi"),
@@ -346,6 +351,13 @@ def validate(config: Config) -> None:
         raise ConfigError("train.epoch_length 'steps' needs train.steps_per_epoch")
     if config.data.max_length not in config.data.buckets:
         raise ConfigError(f"data.buckets {config.data.buckets} must include data.max_length {config.data.max_length}")
+    steps = config.train.accumulation_steps
+    if steps < 1 or config.train.batch_size % steps:
+        raise ConfigError(f"train.accumulation_steps {steps} must be a positive divisor of train.batch_size "
+                          f"{config.train.batch_size} (every micro-batch has the same size)")
+    if steps > 1 and config.train.loss_combination == "balanced":
+        raise ConfigError("train.loss_combination 'balanced' weighs each task by the whole batch's losses, which no "
+                          "micro-batch sees: it needs train.accumulation_steps 1")
     if config.train.surgery != "none" and config.train.loss_combination not in ("sum", "mean"):
         raise ConfigError(f"train.surgery {config.train.surgery!r} combines raw task gradients: "
                           f"train.loss_combination must be sum or mean, not {config.train.loss_combination!r}")

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbert.modeling import ACTIVATIONS as ENCODER_ACTIVATIONS
-from jaxbert.modeling import BertConfig, BertModel, ProjectedAttention, dense_init
+from jaxbert.modeling import BertConfig, BertModel, Execution, ProjectedAttention, dense_init
 
 Array = jax.Array
 Dtype = Any
@@ -168,6 +168,7 @@ class MultitaskBert(nn.Module):
     freeze_encoder: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    execution: Execution = Execution()
 
     def encoder_input_shape(self, task: str, batch: dict[str, Array]) -> tuple[int, int, int]:
         """Shape `[sequences, seq, hidden]` of the embedding-layer output for `task`'s batch."""
@@ -175,7 +176,7 @@ class MultitaskBert(nn.Module):
         return (len(SENTENCES[self.heads.encoding(task)]) * rows, length, self.config.hidden_size)
 
     def setup(self):
-        self.bert = BertModel(self.config, self.dtype, self.param_dtype)
+        self.bert = BertModel(self.config, self.dtype, self.param_dtype, self.execution)
         self.dropout = nn.Dropout(self.heads.dropout)
         spec = self.heads
         mlp = lambda features, layers, name: MLP(  # noqa: E731
@@ -195,7 +196,7 @@ class MultitaskBert(nn.Module):
         self.head = head
         # Owned here, not by `bert`, so each task's PALs are a top-level key of their own, like its head.
         self.pal = {task: ProjectedAttention(self.config, spec.pal_size, spec.pal_heads, self.dtype,
-                                             self.param_dtype, name=f"pal_{task}")
+                                             self.param_dtype, self.execution, name=f"pal_{task}")
                     for task in owners} if spec.pal_size else {}
 
     def embed_sentences(self, task: str, batch: dict[str, Array], pooling: str, deterministic: bool,

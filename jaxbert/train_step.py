@@ -7,6 +7,7 @@ it, the state is replicated, and `jax.jit` inserts the gradient all-reduce.
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import Any, Callable
 
 import flax.struct
@@ -159,14 +160,14 @@ def task_loss_fns(model: MultitaskBert, batches: Batches, dropout_key: jax.Array
 
 
 def joint_gradient(loss_fns, params, loss_combination, loss_weights):
-    """One backward pass through the combined loss."""
+    """One backward pass through the combined loss: `(results, grads)`."""
     def total(p):
         results = {task: fn(p) for task, fn in loss_fns.items()}
         task_losses = {task: loss for task, (loss, _) in results.items()}
         return combine_losses(task_losses, loss_combination, loss_weights), results
 
-    (loss, results), grads = jax.value_and_grad(total, has_aux=True)(params)
-    return loss, results, grads
+    grads, results = jax.grad(total, has_aux=True)(params)
+    return results, grads
 
 
 def per_task_gradients(loss_fns, params):
@@ -185,6 +186,36 @@ def combine_task_gradients(task_grads, params, encoder_grad):
             for name in params}
 
 
+def accumulate(gradients_of: Callable[[Batches, jax.Array], Any], batches: Batches, dropout_key: jax.Array,
+               steps: int) -> Any:
+    """`gradients_of(batches, dropout_key)` (a pytree of losses and gradients) averaged over `steps` micro-batches.
+
+    Micro-batch m holds rows m, m + steps, m + 2·steps, ... of every task's batch, so each device's slice of a
+    batch sharded on `data` splits on the device itself, and every micro-batch is still spread over all devices.
+    Each loss is a mean over its rows, so with equal micro-batches the average is the whole batch's loss and
+    gradient, up to dropout (each micro-batch draws its own masks) and to the in-batch terms (SupCon and
+    SimCSE contrast a row with its micro-batch only). `lax.scan` keeps one micro-batch's activations alive. On
+    several devices XLA all-reduces each micro-batch's gradient inside the loop, not once per step.
+    """
+    if steps == 1:
+        return gradients_of(batches, dropout_key)
+
+    def split(x):  # [rows, ...] → [steps, rows / steps, ...]
+        if x.shape[0] % steps:
+            raise ValueError(f"a batch of {x.shape[0]} rows does not split into {steps} equal micro-batches")
+        return jnp.swapaxes(x.reshape(x.shape[0] // steps, steps, *x.shape[1:]), 0, 1)
+
+    micro = jax.tree.map(split, batches)
+    keys = jax.random.split(dropout_key, steps)
+
+    def add(total, xs):
+        return jax.tree.map(jnp.add, total, gradients_of(*xs)), None
+
+    shapes = jax.eval_shape(gradients_of, jax.tree.map(lambda x: x[0], micro), keys[0])
+    total, _ = jax.lax.scan(add, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), (micro, keys))
+    return jax.tree.map(lambda x: x / steps, total)
+
+
 SURGERIES = ("none", "pcgrad", "pcgrad_two_updates", "gradvac", "cagrad", "mgda", "imtl_g")
 
 
@@ -197,6 +228,7 @@ def make_train_step(
     surgery: str = "none",
     objective: Objective = Objective(),
     gradvac_beta: float = 0.01,
+    accumulation_steps: int = 1,
 ) -> Callable[[TrainState, Batches], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds `train_step(state, batches) -> (state, metrics)`, not yet jitted.
 
@@ -206,27 +238,41 @@ def make_train_step(
     update followed in the same step by a plain update with the combined gradient, both gradients taken at the
     step's starting point (the "gradient surgery experiment" of the reports: two optimizer steps, one backward
     pass per task); `cagrad`, `mgda`, `imtl_g`.
+
+    `accumulation_steps` > 1 splits every task's batch into that many micro-batches and averages their gradients
+    (per task, for surgery) before the single update: see `accumulate`.
     """
     if surgery not in SURGERIES:
         raise ValueError(f"surgery {surgery!r} is not one of {', '.join(SURGERIES)}")
+    if accumulation_steps > 1 and loss_combination == "balanced":
+        raise ValueError("loss combination 'balanced' weighs tasks by the whole batch's losses: it cannot accumulate")
     reduction = "mean" if loss_combination == "mean" else "sum"
 
     def apply(state, grads, params):
         updates, opt_state = tx.update(grads, state.opt_state, params)
         return state.replace(params=optax.apply_updates(params, updates), opt_state=opt_state)
 
+    def gradients_of(params, teacher, batches, dropout_key):
+        """`(results, grads)`: the combined loss's gradient, or with surgery each task's own."""
+        fns = task_loss_fns(model, batches, dropout_key, objective, teacher)
+        if surgery == "none":
+            return joint_gradient(fns, params, loss_combination, loss_weights)
+        return per_task_gradients(fns, params)
+
     def train_step(state: TrainState, batches: Batches):
         dropout_key = jax.random.fold_in(base_key, state.step)
-        fns = task_loss_fns(model, batches, dropout_key, objective, state.extra.get("teacher"))
-        surgery_key = jax.random.fold_in(dropout_key, len(fns))  # a stream the dropout keys do not use
+        surgery_key = jax.random.fold_in(dropout_key, len(batches))  # a stream the dropout keys do not use
         extra = dict(state.extra)
+        results, grads = accumulate(partial(gradients_of, state.params, state.extra.get("teacher")), batches,
+                                    dropout_key, accumulation_steps)
+        task_losses = {t: l for t, (l, _) in results.items()}
         if surgery == "none":
-            loss, results, grads = joint_gradient(fns, state.params, loss_combination, loss_weights)
+            loss = combine_losses(task_losses, loss_combination, loss_weights)
             new_state = apply(state, grads, state.params)
         else:
-            results, task_grads = per_task_gradients(fns, state.params)
-            loss = combine_losses({t: l for t, (l, _) in results.items()}, reduction)
-            shared = [task_grads[t]["bert"] for t in fns]
+            task_grads = grads
+            loss = combine_losses(task_losses, reduction)
+            shared = [task_grads[t]["bert"] for t in sorted(batches)]
             if surgery in ("pcgrad", "pcgrad_two_updates"):
                 encoder = gradients.pcgrad(shared, surgery_key, reduction)
             elif surgery == "gradvac":

@@ -25,7 +25,9 @@ from jaxbert.config import Config, save_config, to_dict
 from jaxbert.convert import load_pretrained, resolve_hf_folder, PARAMS_DIR
 from jaxbert.heads import HeadSpec, MultitaskBert
 from jaxbert.metrics import summarize, task_metric
+from jaxbert.modeling import Execution
 from jaxbert.optim import make_optimizer
+from jaxbert.prefetch import prefetch
 from jaxbert.samplers import epoch_plan
 from jaxbert.tokenization import BertTokenizer
 from jaxbert.smart import SmartConfig
@@ -45,8 +47,10 @@ def build_model(config: Config, log: Callable[[str], None]) -> tuple[MultitaskBe
                  "attention_probs_dropout_prob": config.model.attention_dropout}
     bert_config = dataclasses.replace(bert_config, **{k: v for k, v in overrides.items() if v is not None})
     heads = HeadSpec(**{f.name: getattr(config.heads, f.name) for f in dataclasses.fields(HeadSpec)})
+    # Every batch comes from `data_lib`, which pads on the right: masks can travel as lengths.
+    execution = Execution(config.model.attention, right_padded=True, remat=config.model.remat)
     model = MultitaskBert(bert_config, tuple(config.tasks), heads, config.model.freeze_encoder,
-                          dtype=jnp.dtype(config.model.dtype))
+                          dtype=jnp.dtype(config.model.dtype), execution=execution)
     dummy = {k: jnp.zeros((1, 4), jnp.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
     dummy.update({k + suffix: v for k, v in dummy.items() for suffix in ("_b", "_c")})
     init_key = jax.random.key(config.train.seed)
@@ -212,8 +216,9 @@ def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> di
     if config.model.freeze_encoder:
         tx = frozen_encoder_optimizer(tx, params)
     mesh = data_mesh()
-    if t.batch_size % mesh.devices.size:
-        raise ValueError(f"train.batch_size {t.batch_size} is not divisible by the {mesh.devices.size} devices")
+    if t.batch_size % (t.accumulation_steps * mesh.devices.size):
+        raise ValueError(f"train.batch_size {t.batch_size} is not divisible by train.accumulation_steps "
+                         f"{t.accumulation_steps} × the {mesh.devices.size} devices (each device's micro-batch)")
     objective = objective_from_config(config)
     state = replicate(create_train_state(params, tx, initial_extra(params, len(config.tasks), t.surgery, objective)),
                       mesh)
@@ -233,8 +238,8 @@ def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> di
 
     base_key = jax.random.fold_in(jax.random.key(t.seed), 1)  # stream 0 initialized the heads
     train_step = jit_train_step(
-        make_train_step(model, tx, base_key, t.loss_combination, t.loss_weights, t.surgery, objective, t.gradvac_beta),
-        mesh)
+        make_train_step(model, tx, base_key, t.loss_combination, t.loss_weights, t.surgery, objective, t.gradvac_beta,
+                        t.accumulation_steps), mesh)
     predictors = {task: jit_predict_step(make_predict_step(model, task), mesh) for task in config.tasks}
 
     metrics_file = out / "metrics.jsonl"
@@ -247,9 +252,10 @@ def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> di
         bar = tqdm(range(first, len(plan)), desc=f"epoch {epoch + 1}/{t.epochs}", initial=first, total=len(plan),
                    dynamic_ncols=True, disable=None)
         examples, tick = 0, time.time()
-        for i in bar:
-            batches = step_batches(train, plan[i], config.data.buckets)
-            state, step_metrics = train_step(state, shard_batch(batches, mesh))
+        device_batches = prefetch(shard_batch(step_batches(train, plan[i], config.data.buckets), mesh)
+                                  for i in range(first, len(plan)))
+        for i, batches in zip(bar, device_batches):
+            state, step_metrics = train_step(state, batches)
             examples += sum(len(b["input_ids"]) for b in batches.values())
             step = i + 1
             if step % t.log_every == 0 or step == len(plan):

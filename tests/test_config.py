@@ -96,3 +96,19 @@ def test_method_flags_and_their_errors():
         load_config(None, parse_overrides(["--simcse-tasks=sst,mnli"]))
     with pytest.raises(ConfigError, match="train.surgery 'pcgrad'.*balanced"):
         load_config(None, parse_overrides(["--pcgrad", "--loss-combination=balanced"]))
+
+
+def test_speed_options_and_their_errors():
+    config = load_config(None, parse_overrides(["--accumulation-steps=4", "--remat", "--attention=xla",
+                                                "--batch-size=32"]))
+    assert (config.train.accumulation_steps, config.model.remat, config.model.attention) == (4, True, "xla")
+    assert (Config().train.accumulation_steps, Config().model.remat, Config().model.attention) == (1, False, "auto")
+    with pytest.raises(ConfigError, match="train.accumulation_steps 3 must be a positive divisor of "
+                                          "train.batch_size 32"):
+        load_config(None, parse_overrides(["--accumulation-steps=3", "--batch-size=32"]))
+    with pytest.raises(ConfigError, match="train.accumulation_steps 0"):
+        load_config(None, parse_overrides(["--accumulation-steps=0"]))
+    with pytest.raises(ConfigError, match="'balanced'.*train.accumulation_steps 1"):
+        load_config(None, parse_overrides(["--accumulation-steps=2", "--loss-combination=balanced"]))
+    with pytest.raises(ConfigError, match="model.attention is 'flash'; allowed: auto, xla, cudnn"):
+        load_config(None, parse_overrides(["--attention=flash"]))

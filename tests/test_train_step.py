@@ -18,14 +18,14 @@ from jaxbert.losses import combine_losses
 from jaxbert.modeling import BertConfig
 from jaxbert.optim import make_optimizer
 from jaxbert.gradients import gradvac, gradvac_init, pcgrad
-from jaxbert.train_step import (Objective, create_train_state, data_mesh, frozen_encoder_optimizer, initial_extra,
-                                jit_train_step, make_train_step, replicate, shard_batch, task_loss_fns)
+from jaxbert.train_step import (Objective, accumulate, create_train_state, data_mesh, frozen_encoder_optimizer,
+                                initial_extra, jit_train_step, make_train_step, replicate, shard_batch, task_loss_fns)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_setup(heads=HeadSpec(), tasks=("sst", "para", "sts"), freeze=False):
-    config = BertConfig(**TINY)
+def tiny_setup(heads=HeadSpec(), tasks=("sst", "para", "sts"), freeze=False, **config_overrides):
+    config = BertConfig(**{**TINY, **config_overrides})
     model = MultitaskBert(config, tasks, heads, freeze)
     rng = np.random.default_rng(0)
     batches = {}
@@ -216,3 +216,43 @@ def test_four_devices_match_one_device():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "max param difference" in result.stdout
+
+
+NO_DROPOUT = dict(heads=HeadSpec(dropout=0.0), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+@pytest.mark.parametrize("surgery", ["none", "pcgrad"])
+def test_accumulated_micro_batches_equal_the_full_batch_step(surgery):
+    """Without dropout, 4 micro-batches of 2 rows per task make the same update and report the same losses as
+    one batch of 8. With SGD(1) the update is the gradient itself; PCGrad must see each task's full-batch
+    gradient, or its projections (nonlinear in the gradients) would differ."""
+    model, params, batches = tiny_setup(**NO_DROPOUT)
+    tx, key = optax.sgd(1.0), jax.random.key(1)
+    results = {}
+    for steps in (1, 4):
+        state = create_train_state(jax.tree.map(jnp.array, params), tx)
+        step = jax.jit(make_train_step(model, tx, key, "sum", surgery=surgery, accumulation_steps=steps))
+        results[steps] = step(state, batches)
+    (full, full_metrics), (accumulated, accumulated_metrics) = results[1], results[4]
+    assert_tree_close(accumulated.params, full.params, atol=1e-6)
+    assert accumulated_metrics.keys() == full_metrics.keys()
+    for name in full_metrics:
+        np.testing.assert_allclose(accumulated_metrics[name], full_metrics[name], rtol=1e-5, err_msg=name)
+    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(params)))
+    assert moved > 1e-3  # the comparison is between real updates
+
+
+def test_micro_batch_m_takes_every_kth_row():
+    """Rows m, m + k, ... (not a contiguous block), so each device splits its own rows of a sharded batch; the
+    results are averaged over the micro-batches."""
+    rows = jnp.arange(8, dtype=jnp.float32)
+    mean = jax.jit(lambda b: accumulate(lambda micro, key: micro, b, jax.random.key(0), 4))({"t": {"x": rows}})
+    np.testing.assert_array_equal(mean["t"]["x"], [np.mean([0, 1, 2, 3]), np.mean([4, 5, 6, 7])])
+    with pytest.raises(ValueError, match="9 rows does not split into 4"):
+        accumulate(lambda micro, key: micro, {"t": {"x": jnp.arange(9.0)}}, jax.random.key(0), 4)
+
+
+def test_balanced_combination_cannot_accumulate():
+    model, _, _ = tiny_setup()
+    with pytest.raises(ValueError, match="'balanced'"):
+        make_train_step(model, optax.sgd(1.0), jax.random.key(0), "balanced", accumulation_steps=2)
