@@ -1,12 +1,14 @@
 """Typed run configuration: dataclasses filled from YAML files and `--key=value` overrides, strictly.
 
-An unknown key or a value of the wrong type is an error that names it. Overrides address a field by its
-dotted path (`--train.lr=3e-5`) or, when the name is unique across sections, by its bare name (`--lr=3e-5`,
-`--sampler=roundrobin`); a bare `--flag` sets a boolean to true.
+An unknown key or a value of the wrong type is an error that names it (`stages[1].lr` inside a list).
+Overrides address a field by its dotted path (`--train.lr=3e-5`) or, when the name is unique across sections,
+by its bare name (`--lr=3e-5`, `--sampler=roundrobin`); a bare `--flag` sets a boolean to true. A run's
+`stages` are set in YAML.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -83,6 +85,7 @@ class TrainConfig:
     group_by_length: int = 0  # sort each run of N batches by length so batches pad little (0: off)
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
     log_every: int = 10
+    stage_cycles: int = 1  # run the whole list of `stages` this many times
 
 
 @dataclasses.dataclass
@@ -114,6 +117,25 @@ class SmartOptions:
 
 
 @dataclasses.dataclass
+class StageConfig:
+    """One stage of a staged run. Every `None` field inherits the run's value: `tasks` the top-level list,
+    `freeze_encoder` `model.freeze_encoder`, the others the `train` field of the same name."""
+
+    name: str = ""  # "" names it stage<k>, k its 1-based position in `stages`
+    tasks: list[str] | None = None  # a subset of the run's tasks (the model has one head per run task)
+    sampler: str | None = None
+    epoch_length: str | None = None
+    steps_per_epoch: int | None = None
+    epochs: int | None = None
+    max_steps: int | None = None  # caps this stage, its LR schedule included
+    lr: float | None = None
+    batch_size: int | None = None
+    freeze_encoder: bool | None = None
+    loss_combination: str | None = None
+    surgery: str | None = None
+
+
+@dataclasses.dataclass
 class Config:
     tasks: list[str] = dataclasses.field(default_factory=lambda: ["sst", "para", "sts"])
     out: str = "runs/default"
@@ -124,6 +146,7 @@ class Config:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     losses: LossConfig = dataclasses.field(default_factory=LossConfig)
     smart: SmartOptions = dataclasses.field(default_factory=SmartOptions)
+    stages: list[StageConfig] = dataclasses.field(default_factory=list)  # empty: one stage, the run's own settings
 
 
 class ConfigError(ValueError):
@@ -158,6 +181,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return {_coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if _is_dataclass_type(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        obj = tp()
+        _apply(obj, value, f"{key}.")
+        return obj
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -328,9 +357,33 @@ CHOICES = {
 SHORTHANDS = {**{name: ("train.surgery", name) for name in CHOICES["train.surgery"] if name != "none"},
               "smart": ("smart.enabled", "true")}
 KNOWN_TASKS = ("sst", "cfimdb", "para", "sts", "nli", "tweet")
+# Where each StageConfig field's inherited value lives in Config: `train.<field>` unless named here.
+_STAGE_HOMES = {"tasks": "tasks", "freeze_encoder": "model.freeze_encoder"}
+STAGE_FIELDS = {f.name: _STAGE_HOMES.get(f.name, f"train.{f.name}") for f in dataclasses.fields(StageConfig)
+                if f.name != "name"}
 
 
-def get(config: Config, key: str) -> Any:
+def stage_names(config: Config) -> list[str]:
+    return [stage.name or f"stage{k + 1}" for k, stage in enumerate(config.stages)]
+
+
+def resolve_stage(config: Config, stage: StageConfig) -> Config:
+    """The run's config with `stage`'s fields applied: a single-stage config describing that stage.
+
+    `train.loss_weights` keeps the weights of the stage's tasks only.
+    """
+    resolved = copy.deepcopy(config)
+    resolved.stages, resolved.train.stage_cycles = [], 1
+    for field, key in STAGE_FIELDS.items():
+        value = getattr(stage, field)
+        if value is not None:
+            section, _, leaf = key.rpartition(".")
+            setattr(get(resolved, section) if section else resolved, leaf, copy.deepcopy(value))
+    resolved.train.loss_weights = {t: w for t, w in resolved.train.loss_weights.items() if t in resolved.tasks}
+    return resolved
+
+
+def get(config: Any, key: str) -> Any:
     node = config
     for part in key.split("."):
         node = getattr(node, part)
@@ -383,6 +436,31 @@ def validate(config: Config) -> None:
     weights = config.train.loss_weights
     if config.train.loss_combination == "weights" and set(weights) != set(config.tasks):
         raise ConfigError(f"train.loss_weights must give a weight for each task {config.tasks}, got {weights}")
+    validate_stages(config)
+
+
+def validate_stages(config: Config) -> None:
+    """Each stage's own fields, then the stage as the single-stage run it resolves to."""
+    cycles = config.train.stage_cycles
+    if cycles < 1:
+        raise ConfigError(f"train.stage_cycles must be at least 1, got {cycles}")
+    if cycles > 1 and not config.stages:
+        raise ConfigError(f"train.stage_cycles repeats the list of stages: without stages it must be 1, got {cycles}")
+    names = stage_names(config)
+    if len(set(names)) < len(names):
+        raise ConfigError(f"stage names must differ from each other, got {names}")
+    for k, (name, stage) in enumerate(zip(names, config.stages)):
+        for field, key in STAGE_FIELDS.items():
+            value = getattr(stage, field)
+            if value is not None and key in CHOICES and value not in CHOICES[key]:
+                raise ConfigError(f"stages[{k}].{field} is {value!r}; allowed: {', '.join(CHOICES[key])}")
+        if stage.tasks is not None and (not stage.tasks or not set(stage.tasks) <= set(config.tasks)):
+            raise ConfigError(f"stages[{k}].tasks {stage.tasks} must be a non-empty subset of the run's tasks "
+                              f"{config.tasks} (the model has one head per run task)")
+        try:
+            validate(resolve_stage(config, stage))
+        except ConfigError as e:
+            raise ConfigError(f"stages[{k}] ({name}): {e}") from None
 
 
 def _validate_heads(config: Config) -> None:

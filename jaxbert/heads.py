@@ -211,7 +211,7 @@ class MultitaskBert(nn.Module):
             embeddings = embeddings + perturbation.astype(embeddings.dtype)
         adapter = self.pal[head_of(task)] if self.pal else None
         out = self.bert.encode(embeddings, mask, deterministic, adapter)
-        # PALs sit inside the encoder, so their gradient needs its backward pass; `frozen_encoder_optimizer`
+        # PALs sit inside the encoder, so their gradient needs its backward pass; `partly_frozen_optimizer`
         # still keeps the encoder's own weights fixed.
         if self.freeze_encoder and adapter is None:
             out = jax.lax.stop_gradient(out)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import flax.struct
 import jax
@@ -103,9 +103,11 @@ def initial_extra(params: Any, num_tasks: int, surgery: str, objective: Objectiv
     return extra
 
 
-def frozen_encoder_optimizer(tx: optax.GradientTransformation, params: Any) -> optax.GradientTransformation:
-    """Leaves the encoder exactly where it is (no update, no weight decay) and trains the heads with `tx`."""
-    labels = {name: "frozen" if name == "bert" else "train" for name in params}
+def partly_frozen_optimizer(tx: optax.GradientTransformation, params: Any,
+                            frozen: Collection[str]) -> optax.GradientTransformation:
+    """Leaves the top-level params named in `frozen` (`"bert"`, a head) exactly where they are (no update, no
+    weight decay) and trains the others with `tx`."""
+    labels = {name: "frozen" if name in frozen else "train" for name in params}
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 

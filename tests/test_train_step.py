@@ -18,8 +18,9 @@ from jaxbert.losses import combine_losses
 from jaxbert.modeling import BertConfig
 from jaxbert.optim import make_optimizer
 from jaxbert.gradients import gradvac, gradvac_init, pcgrad
-from jaxbert.train_step import (Objective, accumulate, create_train_state, data_mesh, frozen_encoder_optimizer,
-                                initial_extra, jit_train_step, make_train_step, replicate, shard_batch, task_loss_fns)
+from jaxbert.train_step import (Objective, accumulate, create_train_state, data_mesh, initial_extra,
+                                jit_train_step, make_train_step, partly_frozen_optimizer, replicate, shard_batch,
+                                task_loss_fns)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -185,12 +186,14 @@ def test_unknown_surgery_is_an_error():
         make_train_step(model, optax.sgd(1.0), jax.random.key(0), surgery="pcgard")
 
 
-def test_frozen_encoder_moves_heads_only():
+def test_frozen_params_stay_put():
+    """The frozen encoder and a frozen head do not move, weight decay included; the other head trains."""
     model, params, batches = tiny_setup(freeze=True)
-    tx = frozen_encoder_optimizer(make_optimizer(1e-3, 100, weight_decay=0.01), params)
+    tx = partly_frozen_optimizer(make_optimizer(1e-3, 100, weight_decay=0.01), params, {"bert", "para"})
     state, _ = run_steps(model, params, batches, tx, data_mesh())
-    for old, new in zip(jax.tree.leaves(params["bert"]), jax.tree.leaves(state.params["bert"])):
-        np.testing.assert_array_equal(old, new)
+    for name in ("bert", "para"):
+        for old, new in zip(jax.tree.leaves(params[name]), jax.tree.leaves(state.params[name])):
+            np.testing.assert_array_equal(old, new)
     assert not np.allclose(params["sst"]["kernel"], state.params["sst"]["kernel"])
 
 

@@ -79,13 +79,13 @@ ARGS = ["--epochs=2", "--batch-size=8", "--eval-batch-size=16", "--max-length=32
         "--lr=1e-3", "--log-every=1"]
 
 
-def run_config(workspace, out, *extra):
+def run_config(workspace, out, *extra, config_file=None):
     from jaxbert.config import parse_overrides
 
     bert, data, root = workspace
     argv = [f"--checkpoint={bert}", f"--data-dir={data}", f"--out={out}", f"--cache-dir={root / 'cache'}", *ARGS,
             *extra]
-    return load_config(None, parse_overrides(argv))
+    return load_config(config_file, parse_overrides(argv))
 
 
 def test_train_py_end_to_end(workspace):
