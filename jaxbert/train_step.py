@@ -2,12 +2,15 @@
 
 State is a pytree in and a new pytree out. Data parallelism is a `data` mesh axis: batches are sharded along
 it, the state is replicated, and `jax.jit` inserts the gradient all-reduce.
+
+Several seeds train in one program as one state stacked over a leading seed axis (`stack_seeds`): the step and
+the predictions are vmapped over it, every seed on the same batches with its own dropout and surgery keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.struct
 import jax
@@ -174,6 +177,16 @@ def combine_task_gradients(task_grads, params, encoder_grad):
 SURGERIES = ("none", "pcgrad", "pcgrad_two_updates", "gradvac", "cagrad", "mgda", "imtl_g")
 
 
+def stack_seeds(trees: Sequence[Any]) -> Any:
+    """One pytree per seed → one pytree whose leaves have a leading seed axis `[seeds, ...]`."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def seed_slice(tree: Any, k: int) -> Any:
+    """The `k`-th seed's pytree out of one stacked by `stack_seeds`."""
+    return jax.tree.map(lambda leaf: leaf[k], tree)
+
+
 def make_train_step(
     model: MultitaskBert,
     tx: optax.GradientTransformation,
@@ -186,6 +199,11 @@ def make_train_step(
 ) -> Callable[[TrainState, Batches], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds `train_step(state, batches) -> (state, metrics)`, not yet jitted.
 
+    `base_key` (a typed key, `jax.random.key`) seeds the step's randomness: step `s` draws its dropout and
+    surgery keys from `fold_in(base_key, s)`. A stack of keys `[seeds]` trains a state stacked over seeds
+    (`stack_seeds`): the step is vmapped over the leading seed axis of the state and of the keys, the batches are
+    shared, and every metric gains the seed axis `[seeds]`.
+
     `surgery` "none" backpropagates the combined loss once. Any other value takes per-task gradients and
     combines the shared encoder's with that method of `jaxbert.gradients` (reduction `sum` or `mean` following
     `loss_combination`): `pcgrad`; `gradvac` with its targets in `state.extra`; `pcgrad_two_updates`, a PCGrad
@@ -195,13 +213,16 @@ def make_train_step(
     """
     if surgery not in SURGERIES:
         raise ValueError(f"surgery {surgery!r} is not one of {', '.join(SURGERIES)}")
+    if not jax.dtypes.issubdtype(base_key.dtype, jax.dtypes.prng_key) or base_key.ndim > 1:
+        raise ValueError(f"base_key must be one typed key (jax.random.key) or a stack of them [seeds], got "
+                         f"{base_key.dtype}{list(base_key.shape)}")
     reduction = "mean" if loss_combination == "mean" else "sum"
 
     def apply(state, grads, params):
         updates, opt_state = tx.update(grads, state.opt_state, params)
         return state.replace(params=optax.apply_updates(params, updates), opt_state=opt_state)
 
-    def train_step(state: TrainState, batches: Batches):
+    def train_step(state: TrainState, batches: Batches, base_key: jax.Array):
         dropout_key = jax.random.fold_in(base_key, state.step)
         fns = task_loss_fns(model, batches, dropout_key, objective, state.extra.get("teacher"))
         surgery_key = jax.random.fold_in(dropout_key, len(fns))  # a stream the dropout keys do not use
@@ -236,12 +257,24 @@ def make_train_step(
             metrics.update({f"loss/{task}/{name}": value for name, value in parts.items() if len(parts) > 1})
         return new_state, metrics
 
-    return train_step
+    if base_key.ndim == 1:
+        return lambda state, batches: jax.vmap(train_step, in_axes=(0, None, 0))(state, batches, base_key)
+    return lambda state, batches: train_step(state, batches, base_key)
 
 
-def make_predict_step(model: MultitaskBert, task: str) -> Callable[[Any, dict[str, jax.Array]], jax.Array]:
-    """`predict(params, batch)` → the head's raw output (logits or scores), deterministic."""
-    return lambda params, batch: model.apply({"params": params}, task, batch, deterministic=True)
+def make_predict_step(model: MultitaskBert, task: str,
+                      seed_axis: bool = False) -> Callable[[Any, dict[str, jax.Array]], jax.Array]:
+    """`predict(params, batch)` → the head's raw output (logits or scores) `[batch, ...]`, deterministic.
+
+    With `seed_axis`, `params` are stacked over seeds and the output is `[batch, seeds, ...]`: batch first, so it
+    is sharded like the batch and split into examples like an unstacked output.
+    """
+    def predict(params, batch):
+        return model.apply({"params": params}, task, batch, deterministic=True)
+
+    if seed_axis:
+        return lambda params, batch: jnp.moveaxis(jax.vmap(predict, in_axes=(0, None))(params, batch), 0, 1)
+    return predict
 
 
 def data_mesh(devices: list | None = None) -> Mesh:

@@ -3,10 +3,18 @@
 Per epoch: the sampler's plan of batches, the jitted step over the `data` mesh, a dev evaluation, metrics to
 `metrics.jsonl` and TensorBoard, and checkpoints (latest and best). At the end: `results.json`, prediction
 files in the course's format, and a plot of the dev curves.
+
+`train.seeds` N > 1 trains seeds `train.seed` ... `train.seed + N - 1`, each into `<out>/seed<k>/` with what a
+single-seed run writes there: one run after another, or with `train.vmap_seeds` all in one program, the state
+stacked over a leading seed axis (one compile, one pass over the data). The seeds of a vmapped run differ in
+their heads' initialization and their dropout and surgery keys; they all see the batches of `train.data_seed`
+(default: the first seed), which each seed's `config.yaml` records, so a single-seed run of that config
+repeats the seed.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -21,7 +29,7 @@ from tqdm import tqdm
 
 from jaxbert import data as data_lib
 from jaxbert.checkpoint import CheckpointStore
-from jaxbert.config import Config, save_config, to_dict
+from jaxbert.config import Config, TrainConfig, save_config, to_dict
 from jaxbert.convert import load_pretrained, resolve_hf_folder, PARAMS_DIR
 from jaxbert.heads import HeadSpec, MultitaskBert
 from jaxbert.metrics import summarize, task_metric
@@ -31,15 +39,17 @@ from jaxbert.tokenization import BertTokenizer
 from jaxbert.smart import SmartConfig
 from jaxbert.train_step import (Objective, create_train_state, data_mesh, frozen_encoder_optimizer, initial_extra,
                                 jit_predict_step, jit_train_step, make_predict_step, make_train_step, replicate,
-                                shard_batch)
+                                seed_slice, shard_batch, stack_seeds)
 
 # The course's prediction-file headers, kept verbatim (typo included) so its scripts read our files.
 PREDICTION_HEADERS = {"sst": "Predicted_Sentiment", "cfimdb": "Predicted_Sentiment", "para": "Predicted_Is_Paraphrase",
                       "sts": "Predicted_Similiarity"}
 
 
-def build_model(config: Config, log: Callable[[str], None]) -> tuple[MultitaskBert, dict, Path]:
-    """The multitask model, its initial params (pretrained encoder, fresh heads) and the vocab file."""
+def build_model(config: Config, log: Callable[[str], None],
+                seeds: list[int] | None = None) -> tuple[MultitaskBert, dict, Path]:
+    """The multitask model, its initial params (pretrained encoder, fresh heads from `train.seed`) and the vocab
+    file. With `seeds`, the params are stacked over them (`stack_seeds`): one encoder, each seed's own heads."""
     bert_config, bert_params = load_pretrained(config.model.checkpoint, log)
     overrides = {"hidden_dropout_prob": config.model.hidden_dropout,
                  "attention_probs_dropout_prob": config.model.attention_dropout}
@@ -49,11 +59,17 @@ def build_model(config: Config, log: Callable[[str], None]) -> tuple[MultitaskBe
                           dtype=jnp.dtype(config.model.dtype))
     dummy = {k: jnp.zeros((1, 4), jnp.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
     dummy.update({k + "_b": v for k, v in dummy.items()})
-    init_key = jax.random.key(config.train.seed)
-    params = {}
-    for task in config.tasks:
-        params.update(jax.jit(lambda key, t=task: model.init(key, t, dummy))(init_key)["params"])
-    params["bert"] = bert_params
+    # The encoder's random init is dropped inside the program, so XLA never computes it.
+    init_heads = [jax.jit(lambda key, t=task: {name: p for name, p in model.init(key, t, dummy)["params"].items()
+                                               if name != "bert"}) for task in config.tasks]
+
+    def initial_params(seed):
+        params = {}
+        for init in init_heads:
+            params.update(init(jax.random.key(seed)))
+        return {**params, "bert": bert_params}
+
+    params = initial_params(config.train.seed) if seeds is None else stack_seeds([initial_params(s) for s in seeds])
     checkpoint = Path(config.model.checkpoint)
     vocab = checkpoint / "vocab.txt" if (checkpoint / PARAMS_DIR).is_dir() else \
         resolve_hf_folder(config.model.checkpoint, log) / "vocab.txt"
@@ -75,7 +91,7 @@ def plan_for(config: Config, train: dict[str, data_lib.Encoded], epoch: int) -> 
     t = config.train
     steps = t.steps_per_epoch if t.sampler in ("proportional", "annealed") or t.epoch_length == "steps" else None
     return epoch_plan(t.sampler, {task: len(e) for task, e in train.items()}, t.batch_size, epoch=epoch + 1,
-                      num_epochs=t.epochs, seed=t.seed, epoch_length=t.epoch_length, steps_per_epoch=steps,
+                      num_epochs=t.epochs, seed=data_seed(t), epoch_length=t.epoch_length, steps_per_epoch=steps,
                       lengths={task: e.lengths for task, e in train.items()}, group_batches=t.group_by_length)
 
 
@@ -115,19 +131,23 @@ def to_predictions(task_kind: str, outputs: np.ndarray) -> np.ndarray:
 
 
 def evaluate(data: dict[str, dict[str, data_lib.Encoded]], predictors: dict[str, Callable], params: Any, mesh,
-             config: Config, split: str) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
-    """Metrics on every labeled file of `split`, and the predictions of every file of it."""
-    metrics, predictions = {}, {}
+             config: Config, split: str,
+             num_seeds: int | None = None) -> list[tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]]:
+    """Metrics on every labeled file of `split`, and the predictions of every file of it: one pair, or with
+    `num_seeds` (params stacked over seeds, predictors made with `seed_axis`) one per seed, from one pass."""
+    per_seed = [({}, {}) for _ in range(num_seeds or 1)]
     for task, splits in data.items():
         if split not in splits:
             continue
         encoded = splits[split]
         outputs = predict_split(encoded, predictors[task], params, mesh, config.train.eval_batch_size,
-                                config.data.buckets)
-        predictions[task] = to_predictions(encoded.task.label_kind, outputs)
-        if encoded.labels is not None:
-            metrics[task] = task_metric(encoded.task.label_kind, predictions[task], encoded.labels)
-    return summarize(metrics) if metrics else {}, predictions
+                                config.data.buckets)  # [examples, seeds, ...] with `num_seeds`
+        for k, (metrics, predictions) in enumerate(per_seed):
+            seed_outputs = outputs[:, k] if num_seeds and len(outputs) else outputs
+            predictions[task] = to_predictions(encoded.task.label_kind, seed_outputs)
+            if encoded.labels is not None:
+                metrics[task] = task_metric(encoded.task.label_kind, predictions[task], encoded.labels)
+    return [(summarize(metrics) if metrics else {}, predictions) for metrics, predictions in per_seed]
 
 
 def write_predictions(out: Path, data, predictions_by_split: dict[str, dict[str, np.ndarray]]) -> None:
@@ -184,14 +204,171 @@ def objective_from_config(config: Config) -> Objective:
                      losses.simcse_temperature, smart)
 
 
-def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Runs (or resumes) the whole job and returns the contents of `results.json`."""
+def data_seed(t: TrainConfig) -> int:
+    """The seed of the batch order."""
+    return t.seed if t.data_seed is None else t.data_seed
+
+
+def seed_configs(config: Config) -> list[Config]:
+    """The config of every seed of a multi-seed run: the single-seed run that trains it, into `<out>/seed<k>/`.
+
+    A vmapped run pins their batch order to its own (`data_seed`); one run after another leaves it to each seed.
+    """
+    t, configs = config.train, []
+    for seed in range(t.seed, t.seed + t.seeds):
+        single = copy.deepcopy(config)
+        single.out = str(Path(config.out) / f"seed{seed}")
+        single.train.seed, single.train.seeds, single.train.vmap_seeds = seed, 1, False
+        single.train.data_seed = data_seed(t) if t.vmap_seeds else t.data_seed
+        configs.append(single)
+    return configs
+
+
+def dropout_base_key(seed: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(seed), 1)  # stream 0 initialized the heads
+
+
+def current_step(state) -> int:
+    return int(np.max(jax.device_get(state.step)))  # the seeds of a stacked state step together
+
+
+class SeedRuns:
+    """The per-seed side of a run: each seed's config (so its folder), its record (dev history, best score), its
+    best checkpoint and its TensorBoard writer.
+
+    A single-seed run has one seed, whose folder and checkpoint store are the run's own. The seeds of a vmapped
+    run share one state stacked over them (`stacked`), saved whole in the run's `latest` checkpoint for
+    `--resume`; each seed keeps its best checkpoint and everything else in `<out>/seed<k>/`, as a single-seed
+    run would.
+    """
+
+    def __init__(self, config: Config, store: CheckpointStore):
+        self.stacked = config.train.seeds > 1
+        self.configs = seed_configs(config) if self.stacked else [config]
+        self.store = store
+        self.best_stores = [CheckpointStore(Path(c.out) / "checkpoints") for c in self.configs] if self.stacked \
+            else [store]
+        self.records = [{"best_score": -math.inf, "history": [], "score": -math.inf} for _ in self.configs]
+        if self.stacked:
+            for single in self.configs:
+                Path(single.out).mkdir(exist_ok=True)
+                save_config(single, Path(single.out) / "config.yaml")
+        self.writers = [_summary_writer(Path(c.out) / "tensorboard") for c in self.configs]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [c.train.seed for c in self.configs]
+
+    def progress(self, position: dict[str, int]) -> dict[str, Any]:
+        """What a checkpoint records beside the state: the loop position and every seed's record, in one mapping
+        for a single-seed run, as a list under `seeds` for a vmapped one."""
+        return {**position, "seeds": self.records} if self.stacked else {**position, **self.records[0]}
+
+    def resume(self, progress: dict[str, Any]) -> dict[str, int]:
+        """Takes the records of a checkpoint's `progress`; returns its loop position."""
+        position = {key: progress[key] for key in ("epoch", "step_in_epoch")}
+        self.records = progress["seeds"] if self.stacked else [
+            {k: v for k, v in progress.items() if k not in position}]
+        return position
+
+    def seed_tree(self, tree: Any, k: int) -> Any:
+        return seed_slice(tree, k) if self.stacked else tree
+
+    def log_step(self, step_metrics: dict[str, jax.Array], rate: float, step: int) -> str:
+        """Writes the step's metrics to each seed's TensorBoard; returns the losses, one per seed."""
+        host = jax.device_get(step_metrics)
+        losses = []
+        for k, writer in enumerate(self.writers):
+            metrics = {name: float(self.seed_tree(value, k)) for name, value in host.items()}
+            losses.append(f"{metrics['loss']:.4f}")
+            for name, value in {**metrics, "examples_per_sec": rate}.items():
+                writer.add_scalar(f"train/{name}", value, step)
+        return " ".join(losses)
+
+    def end_epoch(self, evaluations: list[tuple[dict, dict]], state, epoch: int, examples_per_sec: float,
+                  log: Callable[[str], None]) -> dict[str, int]:
+        """Records each seed's dev metrics (`evaluate` of the state) after 1-based `epoch`, checkpoints (the latest
+        state, each improved seed's best) and writes its metrics; returns the loop position."""
+        position, improved = {"epoch": epoch, "step_in_epoch": 0}, []
+        for record, (dev, _) in zip(self.records, evaluations):
+            score = dev_score(dev)
+            record["history"].append({"epoch": epoch, "step": current_step(state), "dev": dev,
+                                      "train_examples_per_sec": examples_per_sec})
+            improved.append(score > record["best_score"])
+            record.update(best_score=max(score, record["best_score"]), score=score)
+        items = state.checkpoint_items()
+        self.store.save(items, self.progress(position))
+        for k, (single, record, writer) in enumerate(zip(self.configs, self.records, self.writers)):
+            if improved[k]:
+                self.best_stores[k].save_best(self.seed_tree(items, k), {**position, **record})
+            with open(Path(single.out) / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record["history"][-1]) + "\n")
+            dev = record["history"][-1]["dev"]
+            for task, metrics in dev.items():
+                for name, value in (metrics.items() if isinstance(metrics, dict) else [("", metrics)]):
+                    writer.add_scalar(f"dev/{task}{'/' + name if name else ''}", value, epoch)
+            log(f"{self.label(k)}epoch {epoch}: dev {json.dumps(dev)}{' (best)' if improved[k] else ''}")
+        return position
+
+    def label(self, k: int) -> str:
+        return f"seed {self.seeds[k]} " if self.stacked else ""
+
+    def best_params(self, state) -> Any:
+        """Every seed's params from its best checkpoint (its latest if it has none), stacked like the state."""
+        params = []
+        for k, store in enumerate(self.best_stores):
+            items = self.seed_tree(state.checkpoint_items(), k)
+            best = store.restore(items, which="best")
+            params.append(best[0]["params"] if best else items["params"])
+        return stack_seeds(params) if self.stacked else params[0]
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+        self.store.close()
+        for store in self.best_stores if self.stacked else []:
+            store.close()
+
+    def write_results(self, data, evaluations: dict[str, list[tuple[dict, dict]]], steps: int, start_time: float,
+                      log: Callable[[str], None]) -> dict[int, dict[str, Any]]:
+        """Each seed's `results.json`, dev curves and prediction files, from its best params' `evaluations`
+        (`{split: evaluate(...)}`); returns `{seed: results}`."""
+        by_seed = {}
+        for k, (single, record) in enumerate(zip(self.configs, self.records)):
+            out, history = Path(single.out), record["history"]
+            results: dict[str, Any] = {
+                "config": to_dict(single), "steps": steps, "best_epoch": None, "wall_time_sec": None,
+                "metrics": {split: e[k][0] for split, e in evaluations.items() if e[k][0]}}
+            if history:
+                results["best_epoch"] = max(history, key=lambda r: dev_score(r["dev"]))["epoch"]
+                plot_curves(history, out / "dev_curves.png")
+            write_predictions(out, data, {split: e[k][1] for split, e in evaluations.items()})
+            results["wall_time_sec"] = time.time() - start_time  # a vmapped run's seeds share its wall time
+            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            log(f"{self.label(k)}best dev (epoch {results['best_epoch']}): "
+                f"{json.dumps(results['metrics'].get('dev', {}))}")
+            by_seed[single.train.seed] = results
+        return by_seed
+
+
+def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> dict[Any, Any]:
+    """Runs (or resumes) the whole job and returns the contents of `results.json`; for several seeds
+    `{seed: contents of its results.json}`."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
+    t = config.train
+    if t.seeds > 1 and not t.vmap_seeds:  # one ordinary run per seed
+        by_seed = {}
+        for single in seed_configs(config):
+            seed = single.train.seed
+            by_seed[seed] = train_and_evaluate(single, lambda line, s=seed: log(f"seed {s}: {line}"))
+        log_seed_summary(by_seed, log)
+        return by_seed
     start_time = time.time()
+    stacked = t.seeds > 1  # and vmapped: the state is stacked over the seeds
 
-    model, params, vocab = build_model(config, log)
+    model, params, vocab = build_model(config, log, list(range(t.seed, t.seed + t.seeds)) if stacked else None)
     tokenizer = BertTokenizer(vocab)
     data = data_lib.load_task_data(
         config.tasks, ("train", "dev", "test"), config.data.data_dir, config.data.files, tokenizer,
@@ -201,7 +378,6 @@ def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> di
     train = {task: splits["train"] for task, splits in data.items()}
     epoch_steps = steps_in_run(config, train)
     total_steps = sum(epoch_steps)
-    t = config.train
     tx = make_optimizer(t.lr, max(total_steps, 1), warmup_ratio=t.warmup_ratio, schedule=t.schedule,
                         weight_decay=t.weight_decay, clip_norm=t.clip_norm, eps=t.eps)
     if config.model.freeze_encoder:
@@ -210,35 +386,40 @@ def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> di
     if t.batch_size % mesh.devices.size:
         raise ValueError(f"train.batch_size {t.batch_size} is not divisible by the {mesh.devices.size} devices")
     objective = objective_from_config(config)
-    state = replicate(create_train_state(params, tx, initial_extra(params, len(config.tasks), t.surgery, objective)),
-                      mesh)
+
+    def initial_state(params):
+        return create_train_state(params, tx, initial_extra(params, len(config.tasks), t.surgery, objective))
+
+    state = replicate(jax.vmap(initial_state)(params) if stacked else initial_state(params), mesh)
     del params
 
     store = CheckpointStore(out / "checkpoints")
-    progress = {"epoch": 0, "step_in_epoch": 0, "best_score": -math.inf, "history": [], "score": -math.inf}
+    runs = SeedRuns(config, store)
+    position = {"epoch": 0, "step_in_epoch": 0}
     if config.resume:
         restored = store.restore(state.checkpoint_items())
         if restored is not None:
             items, progress = restored
+            position = runs.resume(progress)
             state = replicate(state.replace(**items), mesh)
-            log(f"resumed from step {int(items['step'])} (epoch {progress['epoch'] + 1}, "
-                f"step {progress['step_in_epoch']} of it)")
+            log(f"resumed from step {current_step(state)} (epoch {position['epoch'] + 1}, "
+                f"step {position['step_in_epoch']} of it)")
         else:
             log(f"--resume: no checkpoint in {out / 'checkpoints'}, starting fresh")
 
-    base_key = jax.random.fold_in(jax.random.key(t.seed), 1)  # stream 0 initialized the heads
+    base_key = jnp.stack([dropout_base_key(s) for s in runs.seeds]) if stacked else dropout_base_key(t.seed)
     train_step = jit_train_step(
         make_train_step(model, tx, base_key, t.loss_combination, t.loss_weights, t.surgery, objective, t.gradvac_beta),
         mesh)
-    predictors = {task: jit_predict_step(make_predict_step(model, task), mesh) for task in config.tasks}
+    predictors = {task: jit_predict_step(make_predict_step(model, task, seed_axis=stacked), mesh)
+                  for task in config.tasks}
+    num_seeds = len(runs.seeds) if stacked else None
 
-    metrics_file = out / "metrics.jsonl"
-    writer = _summary_writer(out / "tensorboard")
-    for epoch in range(progress["epoch"], t.epochs):
+    for epoch in range(position["epoch"], t.epochs):
         if epoch_steps[epoch] == 0:
             break
         plan = plan_for(config, train, epoch)[:epoch_steps[epoch]]
-        first = progress["step_in_epoch"] if epoch == progress["epoch"] else 0
+        first = position["step_in_epoch"] if epoch == position["epoch"] else 0
         bar = tqdm(range(first, len(plan)), desc=f"epoch {epoch + 1}/{t.epochs}", initial=first, total=len(plan),
                    dynamic_ncols=True, disable=None)
         examples, tick = 0, time.time()
@@ -248,57 +429,37 @@ def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> di
             examples += sum(len(b["labels"]) for b in batches.values())
             step = i + 1
             if step % t.log_every == 0 or step == len(plan):
-                host = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
                 rate = examples / max(time.time() - tick, 1e-9)
-                bar.set_postfix(loss=f"{host['loss']:.4f}", ex_s=f"{rate:.0f}")
-                global_step = int(jax.device_get(state.step))
+                global_step = current_step(state)
+                loss = runs.log_step(step_metrics, rate, global_step)
+                bar.set_postfix(loss=loss, ex_s=f"{rate:.0f}")
                 if bar.disable:  # no terminal (a log file, CI): the same figures as plain lines
                     eta = (total_steps - global_step) * (time.time() - tick) / max(step - first, 1)
-                    log(f"step {global_step}/{total_steps} loss {host['loss']:.4f} "
+                    log(f"step {global_step}/{total_steps} loss {loss} "
                         f"{rate:.0f} examples/s, ETA {eta / 60:.1f} min (this epoch's rate)")
-                for name, value in {**host, "examples_per_sec": rate}.items():
-                    writer.add_scalar(f"train/{name}", value, global_step)
             if t.checkpoint_every and step % t.checkpoint_every == 0 and step < len(plan):
-                store.save(state.checkpoint_items(), {**progress, "epoch": epoch, "step_in_epoch": step})
+                store.save(state.checkpoint_items(), runs.progress({"epoch": epoch, "step_in_epoch": step}))
         bar.close()
-        dev, _ = evaluate(data, predictors, state.params, mesh, config, "dev")
-        score = dev_score(dev)
-        record = {"epoch": epoch + 1, "step": int(jax.device_get(state.step)), "dev": dev,
-                  "train_examples_per_sec": examples / max(time.time() - tick, 1e-9)}
-        progress["history"].append(record)
-        is_best = score > progress["best_score"]
-        if is_best:
-            progress["best_score"] = score
-        progress.update(epoch=epoch + 1, step_in_epoch=0, score=score)
-        store.save(state.checkpoint_items(), progress, best=is_best)
-        with open(metrics_file, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        for task, metrics in dev.items():
-            for name, value in (metrics.items() if isinstance(metrics, dict) else [("", metrics)]):
-                writer.add_scalar(f"dev/{task}{'/' + name if name else ''}", value, epoch + 1)
-        log(f"epoch {epoch + 1}: dev {json.dumps(dev)}{' (best)' if is_best else ''}")
-    writer.close()
+        evaluations = evaluate(data, predictors, state.params, mesh, config, "dev", num_seeds)
+        position = runs.end_epoch(evaluations, state, epoch + 1, examples / max(time.time() - tick, 1e-9), log)
 
-    best = store.restore(state.checkpoint_items(), which="best")
-    best_state = replicate(best[0], mesh) if best else state.checkpoint_items()
-    store.close()
-    results: dict[str, Any] = {"config": to_dict(config), "steps": int(jax.device_get(state.step)),
-                               "best_epoch": None, "wall_time_sec": None, "metrics": {}}
-    predictions_by_split = {}
-    for split in ("dev", "test"):
-        metrics, predictions = evaluate(data, predictors, best_state["params"], mesh, config, split)
-        predictions_by_split[split] = predictions
-        if metrics:
-            results["metrics"][split] = metrics
-    history = progress["history"]
-    if history:
-        results["best_epoch"] = max(history, key=lambda r: dev_score(r["dev"]))["epoch"]
-        plot_curves(history, out / "dev_curves.png")
-    write_predictions(out, data, predictions_by_split)
-    results["wall_time_sec"] = time.time() - start_time
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    log(f"best dev (epoch {results['best_epoch']}): {json.dumps(results['metrics'].get('dev', {}))}")
-    return results
+    best_params = replicate(runs.best_params(state), mesh)
+    runs.close()
+    evaluations = {split: evaluate(data, predictors, best_params, mesh, config, split, num_seeds)
+                   for split in ("dev", "test")}
+    by_seed = runs.write_results(data, evaluations, current_step(state), start_time, log)
+    if stacked:
+        log_seed_summary(by_seed, log)
+        return by_seed
+    return by_seed[t.seed]
+
+
+def log_seed_summary(by_seed: dict[int, dict[str, Any]], log: Callable[[str], None]) -> None:
+    scores = [dev_score(r["metrics"]["dev"]) for r in by_seed.values() if r["metrics"].get("dev")]
+    if scores:
+        log(f"{len(by_seed)} seeds {min(by_seed)}-{max(by_seed)}: best dev score {np.mean(scores):.4f} "
+            f"± {np.std(scores, ddof=1) if len(scores) > 1 else 0.0:.4f} (mean ± sample std), "
+            f"per seed {', '.join(f'{s:.4f}' for s in scores)}")
 
 
 def _summary_writer(path: Path):
