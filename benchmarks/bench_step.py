@@ -14,16 +14,20 @@ Rows (`--rows`, comma-separated; each runs in a fresh process so its compile tim
   torch          the same work in PyTorch: transformers' `BertModel` (SDPA attention), the same three heads
                  and losses, `torch.optim.AdamW` (fused on GPU), bf16 autocast when `--dtype bfloat16`.
   torch-compile  the `torch` row with the model and losses under `torch.compile`.
-  input          the host input pipeline (`samplers.epoch_plan` + `training.step_batches`) on synthetic
-                 encoded data of realistic lengths, in batches/s, against the plain step rate.
+  input          the input pipeline as the trainer runs it (`samplers.epoch_plan`, then `training.step_batches`
+                 and `shard_batch` in the `prefetch` thread) on synthetic encoded data of realistic lengths, in
+                 batches/s on the device, against the plain step rate.
 
 Each step is one batch of `--batch` examples per task at `--seq` tokens (the sts batch runs 2 × batch
 sequences). Timing: `--warmup` untimed calls (the first one, compile included, is the compile time), then
-`--steps` timed calls, each synchronized; median and interquartile range.
+`--steps` timed calls, each synchronized; median and interquartile range. `--accumulation`, `--remat` and
+`--attention` set the JAX step's micro-batches, layer rematerialization and attention kernel;
+`--attention-dropout` (both frameworks) set to 0 lets the training step use the fused attention kernel.
 
     python benchmarks/bench_step.py                                   # defaults for the backend found
     python benchmarks/bench_step.py --model bert-base --batch 32 --seq 128 --rows jax,jax-pcgrad,torch
     python benchmarks/bench_step.py --rows jax,jax-vmap2,jax-vmap4              # seeds in one program
+    python benchmarks/bench_step.py --rows jax,torch --attention-dropout 0 --attention cudnn
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ sys.path.insert(0, str(ROOT))  # a script in benchmarks/ imports the library fro
 from jaxbert import data as data_lib  # noqa: E402
 from jaxbert.config import Config, DataConfig, TrainConfig  # noqa: E402
 from jaxbert.heads import HeadSpec  # noqa: E402
-from jaxbert.modeling import BertConfig  # noqa: E402
+from jaxbert.modeling import ATTENTION_KERNELS, BertConfig, Execution  # noqa: E402
 
 TASKS = ("sst", "para", "sts")
 # The trainer's default heads, spelled out because the PyTorch model mirrors exactly these.
@@ -87,6 +91,10 @@ class Settings:
     steps: int
     warmup: int
     dtype: str
+    accumulation: int
+    remat: bool
+    attention: str
+    attention_dropout: float | None
     rows: tuple[str, ...]
     seed: int
     cpus: int | None
@@ -120,6 +128,14 @@ def synthetic_split(task: str, rows: int, max_length: int, vocab_size: int,
     labels = (rng.uniform(*spec.label_range, rows).astype(np.float32) if spec.label_kind == "score"
               else rng.integers(spec.label_range[0], spec.label_range[1] + 1, rows).astype(np.int32))
     return data_lib.Encoded(spec, "train", np.arange(rows).astype(str), inputs, lengths, labels, num_truncated=0)
+
+
+def model_config(settings: Settings) -> BertConfig:
+    """The `--model` architecture with `--attention-dropout` applied."""
+    config = MODELS[settings.model]
+    if settings.attention_dropout is None:
+        return config
+    return dataclasses.replace(config, attention_probs_dropout_prob=settings.attention_dropout)
 
 
 def synthetic_train(settings: Settings) -> dict[str, data_lib.Encoded]:
@@ -189,11 +205,14 @@ def jax_row(settings: Settings, surgery: str, smart: bool, seeds: int | None = N
     from jaxbert.optim import make_optimizer
     from jaxbert.train_step import create_train_state, data_mesh, initial_extra, jit_train_step, make_train_step, \
         replicate, shard_batch
-    from jaxbert.training import objective_from_config
+    from jaxbert.training import dropout_base_key, objective_from_config
 
     config = Config()
     config.train.surgery, config.smart.enabled, config.model.dtype = surgery, smart, settings.dtype
-    model = MultitaskBert(MODELS[settings.model], TASKS, HEADS, dtype=jnp.dtype(config.model.dtype))
+    config.train.accumulation_steps = settings.accumulation
+    execution = Execution(settings.attention, right_padded=True, remat=settings.remat)  # as `training.build_model`
+    model = MultitaskBert(model_config(settings), TASKS, HEADS, dtype=jnp.dtype(config.model.dtype),
+                          execution=execution)
     dummy = {k: jnp.zeros((1, 4), jnp.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
     dummy.update({k + "_b": v for k, v in dummy.items()})
     t = config.train
@@ -201,8 +220,9 @@ def jax_row(settings: Settings, surgery: str, smart: bool, seeds: int | None = N
                         weight_decay=t.weight_decay, clip_norm=t.clip_norm, eps=t.eps)
     objective = objective_from_config(config)
     mesh = data_mesh()
-    if settings.batch % mesh.devices.size:
-        raise ValueError(f"--batch {settings.batch} is not divisible by the {mesh.devices.size} devices")
+    if settings.batch % (settings.accumulation * mesh.devices.size):
+        raise ValueError(f"--batch {settings.batch} is not divisible by --accumulation {settings.accumulation} × "
+                         f"the {mesh.devices.size} devices")
 
     @jax.jit
     def initial_state(key):
@@ -212,18 +232,15 @@ def jax_row(settings: Settings, surgery: str, smart: bool, seeds: int | None = N
             params.update(model.init(key, task, dummy)["params"])
         return create_train_state(params, tx, initial_extra(params, len(TASKS), t.surgery, objective))
 
-    def base_key(seed):
-        return jax.random.fold_in(jax.random.key(seed), 1)
-
     if seeds is None:
-        state, key = initial_state(jax.random.key(settings.seed)), base_key(settings.seed)
+        state, key = initial_state(jax.random.key(settings.seed)), dropout_base_key(settings.seed)
     else:
         state = jax.vmap(initial_state)(jnp.stack([jax.random.key(settings.seed + k) for k in range(seeds)]))
-        key = jnp.stack([base_key(settings.seed + k) for k in range(seeds)])
+        key = jnp.stack([dropout_base_key(settings.seed + k) for k in range(seeds)])
     state = replicate(state, mesh)
     num_params = sum(x.size for x in jax.tree.leaves(state.params)) // (seeds or 1)
     train_step = jit_train_step(make_train_step(model, tx, key, t.loss_combination, t.loss_weights, t.surgery,
-                                                objective, t.gradvac_beta), mesh)
+                                                objective, t.gradvac_beta, t.accumulation_steps), mesh)
     batches = shard_batch(step_inputs(settings), mesh)  # resident: the step alone is timed, not the transfer
 
     metrics = None
@@ -290,7 +307,7 @@ def torch_row(settings: Settings, compiled: bool) -> dict[str, Any]:
     torch.manual_seed(settings.seed)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    module = torch_multitask(MODELS[settings.model]).to(device).train()
+    module = torch_multitask(model_config(settings)).to(device).train()
     t = TrainConfig()
     optimizer = torch.optim.AdamW(module.parameters(), lr=t.lr, eps=t.eps, weight_decay=t.weight_decay, fused=cuda)
     forward = torch.compile(module) if compiled else module
@@ -323,21 +340,27 @@ def torch_row(settings: Settings, compiled: bool) -> dict[str, Any]:
 
 
 def input_row(settings: Settings, repeats: int = 3) -> dict[str, Any]:
-    """Host batches/s of a whole epoch as the trainer makes it: the plan, then `step_batches` per step."""
+    """Batches/s of a whole epoch fed as the trainer feeds it: the plan, then `step_batches` and `shard_batch` in
+    the `prefetch` thread, each batch waited for on the device."""
+    import jax
+
+    from jaxbert.prefetch import prefetch
     from jaxbert.samplers import epoch_plan
+    from jaxbert.train_step import data_mesh, shard_batch
     from jaxbert.training import step_batches
 
     train = synthetic_train(settings)
     t = TrainConfig()
     buckets = sorted({b for b in DataConfig().buckets if b < settings.seq} | {settings.seq})
+    mesh = data_mesh()
     epoch_seconds, steps = [], 0
     for _ in range(repeats):
         start = time.perf_counter()
         plan = epoch_plan(t.sampler, {task: len(e) for task, e in train.items()}, settings.batch, epoch=1,
                           num_epochs=1, seed=settings.seed, epoch_length=t.epoch_length,
                           lengths={task: e.lengths for task, e in train.items()}, group_batches=t.group_by_length)
-        for step in plan:
-            step_batches(train, step, buckets)
+        for batches in prefetch(shard_batch(step_batches(train, step, buckets), mesh) for step in plan):
+            jax.block_until_ready(batches)
         epoch_seconds.append(time.perf_counter() - start)
         steps = len(plan)
     median = float(np.median(epoch_seconds))
@@ -386,8 +409,11 @@ def run_isolated(name: str, settings: Settings) -> dict[str, Any]:
         result = Path(folder) / "row.json"
         command = [sys.executable, __file__, "--model", settings.model, "--batch", str(settings.batch),
                    "--seq", str(settings.seq), "--steps", str(settings.steps), "--warmup", str(settings.warmup),
-                   "--dtype", settings.dtype, "--seed", str(settings.seed), "--worker", name,
-                   "--worker-out", str(result)]
+                   "--dtype", settings.dtype, "--seed", str(settings.seed),
+                   "--accumulation", str(settings.accumulation), "--attention", settings.attention, *(["--remat"] if settings.remat else []),
+                   *([] if settings.attention_dropout is None else
+                     ["--attention-dropout", str(settings.attention_dropout)]),
+                   "--worker", name, "--worker-out", str(result)]
         process = subprocess.run(command, capture_output=True, text=True)
         if process.returncode or not result.is_file():
             tail = (process.stderr or process.stdout).strip().splitlines()[-3:]
@@ -466,8 +492,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         if "error" in r:
             lines.append(f"{name:<14} error: {r['error']}")
         elif "batches_per_s" in r:
-            lines.append(f"{name:<14} {r['batches_per_s']:.0f} batches/s ({r['ms_per_batch']:.2f} ms each: the plan "
-                         f"and step_batches over a {r['steps_per_epoch']}-step epoch), "
+            lines.append(f"{name:<14} {r['batches_per_s']:.0f} batches/s ({r['ms_per_batch']:.2f} ms each: the plan, "
+                         f"step_batches and shard_batch over a {r['steps_per_epoch']}-step epoch), "
                          f"peak {format_bytes(r['peak_memory_bytes'])} RSS")
         else:
             ratio = "n/a" if r["vs_torch"] is None else f"{r['vs_torch']:.2f}"
@@ -512,6 +538,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="timed steps")
     parser.add_argument("--warmup", type=int, help="untimed steps before them, the compiling one included (>= 1)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (params stay float32)")
+    parser.add_argument("--accumulation", type=int, default=1,
+                        help="JAX rows: micro-batches per step (train.accumulation_steps); must divide --batch")
+    parser.add_argument("--remat", action="store_true", help="JAX rows: rematerialize each encoder layer")
+    parser.add_argument("--attention", choices=ATTENTION_KERNELS, default="auto",
+                        help="JAX rows: kernel of dropout-free attention (model.attention)")
+    parser.add_argument("--attention-dropout", type=float,
+                        help="attention-probability dropout of both frameworks (default the model's 0.1); 0 lets "
+                             "the training step use the fused kernel")
     parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated, default {DEFAULT_ROWS}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpus", type=int,
@@ -519,7 +553,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--in-process", action="store_true",
                         help="run every row in this process (faster; compile caches and peak memory are shared)")
     parser.add_argument("--out",
-                        help="JSON file; default benchmarks/results/<backend>-<model>-b<batch>-s<seq>-<dtype>.json")
+                        help="JSON file; default benchmarks/results/<backend>-<model>-b<batch>-s<seq>-<dtype>"
+                             "[-acc<n>][-remat][-<attention>][-adrop<p>].json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -539,10 +574,24 @@ def resolve(args: argparse.Namespace, defaults: dict[str, Any]) -> Settings:
     max_positions = MODELS[values["model"]].max_position_embeddings
     if values["seq"] > max_positions:
         raise ValueError(f"--seq {values['seq']} exceeds the {max_positions} positions of --model {values['model']}")
+    if args.accumulation < 1 or values["batch"] % args.accumulation:
+        raise ValueError(f"--accumulation {args.accumulation} must be a positive divisor of --batch {values['batch']}")
+    if args.attention_dropout is not None and not 0 <= args.attention_dropout < 1:
+        raise ValueError(f"--attention-dropout must be in [0, 1), got {args.attention_dropout}")
     usable = len(os.sched_getaffinity(0))
     if args.cpus is not None and not 1 <= args.cpus <= usable:
         raise ValueError(f"--cpus must be in [1, {usable}] (the CPUs this process may use), got {args.cpus}")
-    return Settings(rows=rows, seed=args.seed, cpus=args.cpus, in_process=args.in_process, out=args.out, **values)
+    return Settings(rows=rows, seed=args.seed, cpus=args.cpus, in_process=args.in_process, out=args.out,
+                    accumulation=args.accumulation, remat=args.remat, attention=args.attention,
+                    attention_dropout=args.attention_dropout, **values)
+
+
+def variant(settings: Settings) -> str:
+    """The default JSON name's suffix for the options that change the step: `-acc4-remat-cudnn-adrop0.0`."""
+    parts = [f"acc{settings.accumulation}" if settings.accumulation > 1 else "", "remat" if settings.remat else "",
+             settings.attention if settings.attention != "auto" else "",
+             f"adrop{settings.attention_dropout}" if settings.attention_dropout is not None else ""]
+    return "".join(f"-{p}" for p in parts if p)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -559,10 +608,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if settings.cpus is not None:  # before any row's thread pool exists; row processes inherit it
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:settings.cpus])
     if settings.out is None:
-        name = f"{backend_name}-{settings.model}-b{settings.batch}-s{settings.seq}-{settings.dtype}.json"
+        name = (f"{backend_name}-{settings.model}-b{settings.batch}-s{settings.seq}-{settings.dtype}"
+                f"{variant(settings)}.json")
         settings = dataclasses.replace(settings, out=str(ROOT / "benchmarks" / "results" / name))
     print(f"{backend_name}: model {settings.model}, batch {settings.batch} per task, seq {settings.seq}, "
-          f"{settings.dtype}, {settings.warmup} warm-up + {settings.steps} timed steps", flush=True)
+          f"{settings.dtype}{variant(settings)}, {settings.warmup} warm-up + {settings.steps} timed steps", flush=True)
     rows = []
     for name in settings.rows:
         rows.append(run_row(name, settings) if settings.in_process else run_isolated(name, settings))
@@ -571,7 +621,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{r['step_ms_median']:.1f} ms/step" if "step_ms_median" in r else f"{r['batches_per_s']:.0f} batches/s")
         print(f"  {name}: {status}", flush=True)
     ratios = summarize(rows)
-    config = MODELS[settings.model]
+    config = model_config(settings)
     report = {"settings": dataclasses.asdict(settings), "model_config": dataclasses.asdict(config),
               "heads": dataclasses.asdict(HEADS), "sequences_per_step": sequences_per_step(settings.batch),
               "model_flops_per_step": model_flops(config, settings.batch, settings.seq),

@@ -1,7 +1,7 @@
 """Run checkpoints: the latest (for `--resume`) and the best by dev score, each with the loop position.
 
 Each checkpoint holds the train state (step, params, optimizer state) and a JSON `progress` record: where the
-loop stands (epoch, step within it), the best score so far and the per-epoch history, which is all a
+loop stands (stage, epoch, step within it), the best score so far and the per-epoch history, which is all a
 resumed run needs to continue exactly as an uninterrupted one would.
 """
 
@@ -15,6 +15,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
+def _item_handlers() -> dict[str, Any]:
+    # Named up front, so a fresh store reads a checkpoint's metadata before it has saved anything.
+    return {"state": ocp.PyTreeCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()}
+
+
 class CheckpointStore:
     """`latest/` keeps the newest checkpoint, `best/` the one with the highest `progress["score"]`."""
 
@@ -22,11 +27,13 @@ class CheckpointStore:
         directory = Path(directory).absolute()
         # Synchronous saves: a checkpoint reported saved is on disk if the process dies the next moment.
         self.latest = ocp.CheckpointManager(
-            directory / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False))
+            directory / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False),
+            item_handlers=_item_handlers())
         self.best = ocp.CheckpointManager(
             directory / "best", options=ocp.CheckpointManagerOptions(
                 max_to_keep=1, best_fn=lambda metrics: metrics["score"], best_mode="max",
-                keep_checkpoints_without_metrics=False, enable_async_checkpointing=False))
+                keep_checkpoints_without_metrics=False, enable_async_checkpointing=False),
+            item_handlers=_item_handlers())
 
     def save(self, state: Any, progress: dict[str, Any], best: bool = False) -> None:
         """Saves `latest`, then `best` too when `best`."""
@@ -40,15 +47,41 @@ class CheckpointStore:
         self.best.save(_step(state), args=_save_args(state, progress), metrics={"score": float(progress["score"])},
                        force=True)
 
-    def restore(self, abstract_state: Any, which: str = "latest") -> tuple[Any, dict[str, Any]] | None:
-        """`(state, progress)` of the newest checkpoint in `which`, or None if there is none."""
-        manager = self.latest if which == "latest" else self.best
+    def restore(self, abstract_state: Any, which: str = "latest",
+                partial: bool = False) -> tuple[Any, dict[str, Any]] | None:
+        """`(state, progress)` of the newest checkpoint in `which`, or None if there is none.
+
+        The state takes the structure, dtypes and shardings of `abstract_state` (None: as saved, in host NumPy
+        arrays). With `partial`, `abstract_state` may name a part of the saved state (`{"params": ...}`) and only
+        that part is read: the params of a checkpoint whose optimizer state has another structure (another
+        stage's).
+        """
+        manager = self._manager(which)
         step = manager.latest_step()
         if step is None:
             return None
+        if abstract_state is None:
+            saved = manager.item_metadata(step)["state"].tree
+            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved)
+        else:
+            restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
         restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), progress=ocp.args.JsonRestore()))
+            state=ocp.args.PyTreeRestore(item=abstract_state, restore_args=restore_args, partial_restore=partial),
+            progress=ocp.args.JsonRestore()))
         return restored["state"], restored["progress"]
+
+    def progress(self, which: str = "latest") -> dict[str, Any] | None:
+        """The `progress` record of the newest checkpoint in `which` alone, or None if there is none."""
+        manager = self._manager(which)
+        step = manager.latest_step()
+        if step is None:
+            return None
+        return manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))["progress"]
+
+    def _manager(self, which: str) -> ocp.CheckpointManager:
+        if which not in ("latest", "best"):
+            raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
+        return self.latest if which == "latest" else self.best
 
     def close(self) -> None:
         self.latest.close()
@@ -60,4 +93,4 @@ def _step(state: Any) -> int:
 
 
 def _save_args(state: Any, progress: dict[str, Any]) -> ocp.args.Composite:
-    return ocp.args.Composite(state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress))
+    return ocp.args.Composite(state=ocp.args.PyTreeSave(state), progress=ocp.args.JsonSave(progress))

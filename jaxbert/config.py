@@ -1,12 +1,14 @@
 """Typed run configuration: dataclasses filled from YAML files and `--key=value` overrides, strictly.
 
-An unknown key or a value of the wrong type is an error that names it. Overrides address a field by its
-dotted path (`--train.lr=3e-5`) or, when the name is unique across sections, by its bare name (`--lr=3e-5`,
-`--sampler=roundrobin`); a bare `--flag` sets a boolean to true.
+An unknown key or a value of the wrong type is an error that names it (`stages[1].lr` inside a list).
+Overrides address a field by its dotted path (`--train.lr=3e-5`) or, when the name is unique across sections,
+by its bare name (`--lr=3e-5`, `--sampler=roundrobin`); a bare `--flag` sets a boolean to true. A run's
+`stages` are set in YAML.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -15,6 +17,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from jaxbert.heads import SHARED_HEADS
+from jaxbert.modeling import ATTENTION_KERNELS
 from jaxbert.smart import SmartConfig
 
 
@@ -24,7 +28,9 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
     freeze_encoder: bool = False  # train the heads only
     hidden_dropout: float | None = None  # override the checkpoint's dropout rates
-    attention_dropout: float | None = None
+    attention_dropout: float | None = None  # 0 lets training use the fused attention kernel too
+    attention: str = "auto"  # auto | xla | cudnn: kernel of dropout-free attention (auto: cuDNN on GPU in bf16)
+    remat: bool = False  # recompute each encoder layer's activations in the backward pass (less memory)
 
 
 @dataclasses.dataclass
@@ -34,7 +40,12 @@ class HeadsConfig:
     pair_pooling: str = "cls"
     para_encoding: str = "cross"  # cross | bi
     sts_encoding: str = "bi"  # bi | cross
-    sts_head: str = "cosine"  # cosine | cosine_concat | linear (the only choice with cross encoding)
+    sts_head: str = "cosine"  # cosine | sigmoid_cosine | cosine_concat | linear (the only choice with cross encoding)
+    cosine_scale: float = 20.0  # sigmoid_cosine: 5·sigmoid(scale·cos(u, v)), 20 in report 002
+    hidden_layers: int = 0  # MLP hidden layers before each head's output layer (0: linear heads)
+    task_hidden_layers: dict[str, int] = dataclasses.field(default_factory=dict)  # per-task overrides: {sts: 1}
+    hidden_size: int | None = None  # their width (None: the encoder's hidden size)
+    activation: str = "relu"  # relu | gelu | tanh | squared_relu
     para_prompt: str | None = None  # text placed before a cross-encoded paraphrase pair
     pal_size: int = 0  # projected attention layers: each task's low-rank attention width (0: off; 204 in the paper)
     pal_heads: int = 12
@@ -62,6 +73,7 @@ class TrainConfig:
     epochs: int = 10
     max_steps: int | None = None  # caps the whole run, the LR schedule included
     batch_size: int = 32  # per task, across all devices
+    accumulation_steps: int = 1  # micro-batches per optimizer step: each task's batch is split into this many
     eval_batch_size: int = 128
     lr: float = 2e-5
     schedule: str = "constant"  # constant | linear (warm-up then linear decay)
@@ -76,6 +88,7 @@ class TrainConfig:
     group_by_length: int = 0  # sort each run of N batches by length so batches pad little (0: off)
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
     log_every: int = 10
+    stage_cycles: int = 1  # run the whole list of `stages` this many times
 
 
 @dataclasses.dataclass
@@ -87,7 +100,10 @@ class LossConfig:
     supcon_temperature: float = 0.07
     simcse_weight: float = 0.0  # unsupervised SimCSE on two dropout views of `simcse_tasks`' sentences
     simcse_tasks: list[str] = dataclasses.field(default_factory=lambda: ["sst"])
-    simcse_temperature: float = 0.05
+    simcse_temperature: float = 0.05  # also nli's supervised SimCSE
+    sts: str = "mse"  # mse | cosine_embedding (on the pair's embeddings, report 002)
+    cosine_embedding_threshold: float = 2.5  # an STS pair scored at least this is a positive
+    cosine_embedding_margin: float = 0.0  # negatives cost max(0, cos − margin)
 
 
 @dataclasses.dataclass
@@ -104,6 +120,25 @@ class SmartOptions:
 
 
 @dataclasses.dataclass
+class StageConfig:
+    """One stage of a staged run. Every `None` field inherits the run's value: `tasks` the top-level list,
+    `freeze_encoder` `model.freeze_encoder`, the others the `train` field of the same name."""
+
+    name: str = ""  # "" names it stage<k>, k its 1-based position in `stages`
+    tasks: list[str] | None = None  # a subset of the run's tasks (the model has one head per run task)
+    sampler: str | None = None
+    epoch_length: str | None = None
+    steps_per_epoch: int | None = None
+    epochs: int | None = None
+    max_steps: int | None = None  # caps this stage, its LR schedule included
+    lr: float | None = None
+    batch_size: int | None = None
+    freeze_encoder: bool | None = None
+    loss_combination: str | None = None
+    surgery: str | None = None
+
+
+@dataclasses.dataclass
 class Config:
     tasks: list[str] = dataclasses.field(default_factory=lambda: ["sst", "para", "sts"])
     out: str = "runs/default"
@@ -114,6 +149,7 @@ class Config:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     losses: LossConfig = dataclasses.field(default_factory=LossConfig)
     smart: SmartOptions = dataclasses.field(default_factory=SmartOptions)
+    stages: list[StageConfig] = dataclasses.field(default_factory=list)  # empty: one stage, the run's own settings
 
 
 class ConfigError(ValueError):
@@ -148,6 +184,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return {_coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if _is_dataclass_type(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        obj = tp()
+        _apply(obj, value, f"{key}.")
+        return obj
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -297,11 +339,13 @@ def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]
 
 CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
+    "model.attention": ATTENTION_KERNELS,
     "heads.sst_pooling": ("cls", "pooler", "mean", "max"),
     "heads.pair_pooling": ("cls", "pooler", "mean", "max"),
     "heads.para_encoding": ("cross", "bi"),
     "heads.sts_encoding": ("bi", "cross"),
-    "heads.sts_head": ("cosine", "cosine_concat", "linear"),
+    "heads.sts_head": ("cosine", "sigmoid_cosine", "cosine_concat", "linear"),
+    "heads.activation": ("relu", "gelu", "tanh", "squared_relu"),
     "data.source": ("local", "hf"),
     "train.sampler": ("roundrobin", "sequential", "proportional", "annealed"),
     "train.epoch_length": ("min", "max", "steps"),
@@ -309,15 +353,40 @@ CHOICES = {
     "train.schedule": ("constant", "linear"),
     "train.surgery": ("none", "pcgrad", "pcgrad_two_updates", "gradvac", "cagrad", "mgda", "imtl_g"),
     "losses.sst": ("ce", "ordinal"),
+    "losses.sts": ("mse", "cosine_embedding"),
     "smart.norm": ("inf", "l2"),
 }
 # Bare flags that stand for a setting: `--pcgrad` is `--train.surgery=pcgrad`, `--smart` is `--smart.enabled`.
 SHORTHANDS = {**{name: ("train.surgery", name) for name in CHOICES["train.surgery"] if name != "none"},
               "smart": ("smart.enabled", "true")}
-KNOWN_TASKS = ("sst", "cfimdb", "para", "sts")
+KNOWN_TASKS = ("sst", "cfimdb", "para", "sts", "nli", "tweet")
+# Where each StageConfig field's inherited value lives in Config: `train.<field>` unless named here.
+_STAGE_HOMES = {"tasks": "tasks", "freeze_encoder": "model.freeze_encoder"}
+STAGE_FIELDS = {f.name: _STAGE_HOMES.get(f.name, f"train.{f.name}") for f in dataclasses.fields(StageConfig)
+                if f.name != "name"}
 
 
-def get(config: Config, key: str) -> Any:
+def stage_names(config: Config) -> list[str]:
+    return [stage.name or f"stage{k + 1}" for k, stage in enumerate(config.stages)]
+
+
+def resolve_stage(config: Config, stage: StageConfig) -> Config:
+    """The run's config with `stage`'s fields applied: a single-stage config describing that stage.
+
+    `train.loss_weights` keeps the weights of the stage's tasks only.
+    """
+    resolved = copy.deepcopy(config)
+    resolved.stages, resolved.train.stage_cycles = [], 1
+    for field, key in STAGE_FIELDS.items():
+        value = getattr(stage, field)
+        if value is not None:
+            section, _, leaf = key.rpartition(".")
+            setattr(get(resolved, section) if section else resolved, leaf, copy.deepcopy(value))
+    resolved.train.loss_weights = {t: w for t, w in resolved.train.loss_weights.items() if t in resolved.tasks}
+    return resolved
+
+
+def get(config: Any, key: str) -> Any:
     node = config
     for part in key.split("."):
         node = getattr(node, part)
@@ -340,6 +409,13 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.seeds must be at least 1, got {config.train.seeds}")
     if config.data.max_length not in config.data.buckets:
         raise ConfigError(f"data.buckets {config.data.buckets} must include data.max_length {config.data.max_length}")
+    steps = config.train.accumulation_steps
+    if steps < 1 or config.train.batch_size % steps:
+        raise ConfigError(f"train.accumulation_steps {steps} must be a positive divisor of train.batch_size "
+                          f"{config.train.batch_size} (every micro-batch has the same size)")
+    if steps > 1 and config.train.loss_combination == "balanced":
+        raise ConfigError("train.loss_combination 'balanced' weighs each task by the whole batch's losses, which no "
+                          "micro-batch sees: it needs train.accumulation_steps 1")
     if config.train.surgery != "none" and config.train.loss_combination not in ("sum", "mean"):
         raise ConfigError(f"train.surgery {config.train.surgery!r} combines raw task gradients: "
                           f"train.loss_combination must be sum or mean, not {config.train.loss_combination!r}")
@@ -351,6 +427,10 @@ def validate(config: Config) -> None:
     unknown = [t for t in config.losses.simcse_tasks if t not in KNOWN_TASKS]
     if unknown:
         raise ConfigError(f"losses.simcse_tasks {unknown} are not tasks; known: {', '.join(KNOWN_TASKS)}")
+    if "nli" in config.losses.simcse_tasks:
+        raise ConfigError("losses.simcse_tasks cannot include nli: its triplets are trained with supervised SimCSE "
+                          "already")
+    _validate_heads(config)
     for key in ("losses.label_smoothing",):
         if not 0.0 <= get(config, key) < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {get(config, key)}")
@@ -361,6 +441,59 @@ def validate(config: Config) -> None:
     weights = config.train.loss_weights
     if config.train.loss_combination == "weights" and set(weights) != set(config.tasks):
         raise ConfigError(f"train.loss_weights must give a weight for each task {config.tasks}, got {weights}")
+    validate_stages(config)
+
+
+def validate_stages(config: Config) -> None:
+    """Each stage's own fields, then the stage as the single-stage run it resolves to."""
+    cycles = config.train.stage_cycles
+    if cycles < 1:
+        raise ConfigError(f"train.stage_cycles must be at least 1, got {cycles}")
+    if cycles > 1 and not config.stages:
+        raise ConfigError(f"train.stage_cycles repeats the list of stages: without stages it must be 1, got {cycles}")
+    names = stage_names(config)
+    if len(set(names)) < len(names):
+        raise ConfigError(f"stage names must differ from each other, got {names}")
+    for k, (name, stage) in enumerate(zip(names, config.stages)):
+        for field, key in STAGE_FIELDS.items():
+            value = getattr(stage, field)
+            if value is not None and key in CHOICES and value not in CHOICES[key]:
+                raise ConfigError(f"stages[{k}].{field} is {value!r}; allowed: {', '.join(CHOICES[key])}")
+        if stage.tasks is not None and (not stage.tasks or not set(stage.tasks) <= set(config.tasks)):
+            raise ConfigError(f"stages[{k}].tasks {stage.tasks} must be a non-empty subset of the run's tasks "
+                              f"{config.tasks} (the model has one head per run task)")
+        try:
+            validate(resolve_stage(config, stage))
+        except ConfigError as e:
+            raise ConfigError(f"stages[{k}] ({name}): {e}") from None
+
+
+def _validate_heads(config: Config) -> None:
+    heads, losses = config.heads, config.losses
+    if heads.hidden_layers < 0:
+        raise ConfigError(f"heads.hidden_layers must be non-negative, got {heads.hidden_layers}")
+    for task, layers in heads.task_hidden_layers.items():
+        if task not in KNOWN_TASKS or task in SHARED_HEADS:
+            owners = [t for t in KNOWN_TASKS if t not in SHARED_HEADS]
+            shared = ", ".join(f"{t} trains the {o} head" for t, o in SHARED_HEADS.items())
+            raise ConfigError(f"heads.task_hidden_layers: {task!r} is not a task with a head of its own ({shared}); "
+                              f"known: {', '.join(owners)}")
+        if layers < 0:
+            raise ConfigError(f"heads.task_hidden_layers.{task} must be non-negative, got {layers}")
+    if heads.hidden_size is not None and heads.hidden_size < 1:
+        raise ConfigError(f"heads.hidden_size must be positive or null, got {heads.hidden_size}")
+    if not heads.cosine_scale > 0:
+        raise ConfigError(f"heads.cosine_scale must be positive, got {heads.cosine_scale}")
+    if losses.sts == "cosine_embedding" and not (heads.sts_encoding == "bi"
+                                                 and heads.sts_head in ("cosine", "sigmoid_cosine")):
+        raise ConfigError(f"losses.sts 'cosine_embedding' reads the cosine of the pair's embeddings: it needs "
+                          f"heads.sts_encoding 'bi' and heads.sts_head 'cosine' or 'sigmoid_cosine', not "
+                          f"{heads.sts_encoding!r} and {heads.sts_head!r} (whose parameters it would not train)")
+    if not 0.0 <= losses.cosine_embedding_threshold <= 5.0:
+        raise ConfigError(f"losses.cosine_embedding_threshold must be on the 0-5 similarity scale, got "
+                          f"{losses.cosine_embedding_threshold}")
+    if not -1.0 <= losses.cosine_embedding_margin <= 1.0:
+        raise ConfigError(f"losses.cosine_embedding_margin must be in [-1, 1], got {losses.cosine_embedding_margin}")
 
 
 def to_dict(config: Config) -> dict[str, Any]:

@@ -3,7 +3,10 @@
 Tasks (CS224N minBERT): SST-5 and CFIMDB sentiment (single sentence), Quora
 paraphrase detection and STS-B similarity (sentence pairs). Files are the course's
 tab-separated CSVs: an unnamed row-index column, ``id``, text column(s) and a label
-column, which the student test files lack.
+column, which the student test files lack. Report 001's extra data comes in the same
+layout: NLI triplets (``nli-train.csv``: premise, entailment, contradiction; no label,
+no dev split) and 3-class tweet sentiment (``tweet-{train,dev}.csv``, labels 0/1/2
+stored as SST's 0/2/4).
 
 Pipeline::
 
@@ -47,25 +50,33 @@ class TaskSpec:
     """How one task's files look and how its labels are validated.
 
     ``label_range`` is inclusive: class and binary labels must be integers in it
-    (``"1.0"`` counts as 1), scores are floats in it.
+    (``"1.0"`` counts as 1), scores are floats in it. ``label_map``, when given, then
+    replaces class ``i`` by ``label_map[i]`` (tweet sentiment onto SST's classes).
+    A task without ``label_column`` is unlabeled; one without a ``dev_file`` or
+    ``test_file`` has no such split.
     """
 
     name: str
     text_columns: tuple[str, ...]
-    label_column: str
-    label_kind: Literal["class", "binary", "score"]
-    num_classes: int  # 0 for regression
+    label_column: str | None
+    label_kind: Literal["class", "binary", "score", "none"]
+    num_classes: int  # 0 for regression and unlabeled tasks
     label_range: tuple[float, float]
     train_file: str
-    dev_file: str
-    test_file: str
+    dev_file: str | None
+    test_file: str | None
+    label_map: tuple[int, ...] | None = None
 
     @property
     def is_pair(self) -> bool:
         return len(self.text_columns) == 2
 
-    def default_file(self, split: str) -> str:
-        """The course's file name for ``split`` ("train", "dev" or "test")."""
+    @property
+    def is_triplet(self) -> bool:
+        return len(self.text_columns) == 3
+
+    def default_file(self, split: str) -> str | None:
+        """The default file name for ``split`` ("train", "dev" or "test"); None if the task has no such split."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         return getattr(self, f"{split}_file")
@@ -81,6 +92,9 @@ TASKS: dict[str, TaskSpec] = {
                      "quora-train.csv", "quora-dev.csv", "quora-test-student.csv"),
     "sts": TaskSpec("sts", _TWO, "similarity", "score", 0, (0.0, 5.0),
                     "sts-train.csv", "sts-dev.csv", "sts-test-student.csv"),
+    "nli": TaskSpec("nli", (*_TWO, "hard_negative"), None, "none", 0, (0, 0), "nli-train.csv", None, None),
+    "tweet": TaskSpec("tweet", _ONE, "sentiment", "class", 3, (0, 2), "tweet-train.csv", "tweet-dev.csv", None,
+                      label_map=(0, 2, 4)),  # negative, neutral, positive → SST's 0, 2, 4 (report 001)
 }
 
 
@@ -91,8 +105,9 @@ TASKS: dict[str, TaskSpec] = {
 class Examples:
     """Validated rows of one split.
 
-    ``texts``/``pairs`` are whitespace-stripped; ``pairs`` is None for single-sentence
-    tasks. ``labels`` is int32 ``[N]`` (class/binary) or float32 ``[N]`` (score), or
+    ``texts``/``pairs``/``negatives`` are whitespace-stripped; ``pairs`` is None for
+    single-sentence tasks, ``negatives`` (a triplet's third sentence) for all but
+    triplets. ``labels`` is int32 ``[N]`` (class/binary) or float32 ``[N]`` (score), or
     None when the source has no labels (predicted, not scored). ``skipped`` counts
     rejected rows by reason; ``skipped_rows`` keeps the first few 1-based data-row
     numbers (header excluded) per reason.
@@ -106,6 +121,7 @@ class Examples:
     labels: np.ndarray | None
     skipped: dict[str, int] = field(default_factory=dict)
     skipped_rows: dict[str, list[int]] = field(default_factory=dict)
+    negatives: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -119,7 +135,7 @@ class Examples:
         """One line, e.g. ``quora-train.csv: 14,212 rows, skipped 2 (empty label 2: rows 1801, 9961)``."""
         total = sum(self.skipped.values())
         line = f"{self.name}: {len(self):,} rows"
-        if self.labels is None:
+        if self.labels is None and self.task.label_column is not None:
             line += " (unlabeled)"
         if not total:
             return line + ", none skipped"
@@ -168,8 +184,9 @@ class _Collector:
         if self.labeled:
             labels = np.asarray(self.labels, np.float32 if self.task.label_kind == "score" else np.int32)
         return Examples(self.task, path, self.ids, self.columns[0],
-                        self.columns[1] if self.task.is_pair else None, labels,
-                        dict(self.skipped), self.skipped_rows)
+                        self.columns[1] if len(self.columns) > 1 else None, labels,
+                        dict(self.skipped), self.skipped_rows,
+                        self.columns[2] if self.task.is_triplet else None)
 
 
 def _parse_label(raw: object, task: TaskSpec) -> tuple[float | None, str | None]:
@@ -190,6 +207,8 @@ def _parse_label(raw: object, task: TaskSpec) -> tuple[float | None, str | None]
         value = int(value)
     if not lo <= value <= hi:
         return None, "label out of range"
+    if task.label_map is not None:
+        value = task.label_map[value]
     return value, None
 
 
@@ -224,14 +243,16 @@ def read_split(path: str | os.PathLike, task: TaskSpec, *, require_labels: bool 
         if header is None:
             raise ValueError(f"{path}: empty file, expected a header row")
         header = [h.strip() for h in header]
-        expected = ["id", *task.text_columns, task.label_column]
-        labeled = task.label_column in header
-        missing = [c for c in expected[:-1] if c not in header]
-        if require_labels and not labeled:
-            missing.append(task.label_column)
+        label = task.label_column
+        expected = ["id", *task.text_columns, *([label] if label else [])]
+        labeled = label is not None and label in header
+        missing = [c for c in ["id", *task.text_columns] if c not in header]
+        if require_labels and label is not None and not labeled:
+            missing.append(label)
         if missing:
+            optional = " (label optional in test files)" if label else ""
             raise ValueError(f"{path}: missing column(s) {missing}; expected columns "
-                             f"{expected} for {task.name} (label optional in test files), found {header}")
+                             f"{expected} for {task.name}{optional}, found {header}")
         where = {c: header.index(c) for c in expected if c in header}
         collector = _Collector(task, labeled)
         row = 0
@@ -241,17 +262,20 @@ def read_split(path: str | os.PathLike, task: TaskSpec, *, require_labels: bool 
                     collector.skip("malformed row", row)
                     continue
                 collector.add(row, fields[where["id"]], [fields[where[c]] for c in task.text_columns],
-                              fields[where[task.label_column]] if labeled else None)
+                              fields[where[label]] if labeled else None)
         except csv.Error as e:  # e.g. an unclosed quote swallowing the rest of the file
             raise ValueError(f"{path}: CSV error after data row {row}: {e}") from e
     return collector.build(path)
 
 
-# Hugging Face sources: (dataset, config, text columns, label column, label scale).
-_HF_SOURCES: dict[str, tuple[str, str | None, tuple[str, ...], str, float]] = {
+# Hugging Face sources: (dataset, config, text columns in the task's order, label column, label scale). Labels
+# then go through the task's own validation, so tweet_eval's 0/1/2 become 0/2/4 as in the local files.
+_HF_SOURCES: dict[str, tuple[str, str | None, tuple[str, ...], str | None, float]] = {
     "sst": ("SetFit/sst5", None, ("text",), "label", 1.0),
     "para": ("nyu-mll/glue", "qqp", ("question1", "question2"), "label", 1.0),
     "sts": ("sentence-transformers/stsb", None, ("sentence1", "sentence2"), "score", 5.0),  # 0-1 -> 0-5
+    "nli": ("sentence-transformers/all-nli", "triplet", ("anchor", "positive", "negative"), None, 1.0),
+    "tweet": ("cardiffnlp/tweet_eval", "sentiment", ("text",), "label", 1.0),
 }
 
 
@@ -259,12 +283,14 @@ def read_hf_split(task: TaskSpec, split: str) -> Examples:
     """Load a split from the Hugging Face hub into the same :class:`Examples`.
 
     SST-5 from ``SetFit/sst5``, Quora from GLUE QQP (``nyu-mll/glue``, "qqp"), STS-B
-    from ``sentence-transformers/stsb`` (scores rescaled from 0-1 to 0-5). A split
-    whose labels are all missing or -1 (GLUE's hidden test labels) is unlabeled;
+    from ``sentence-transformers/stsb`` (scores rescaled from 0-1 to 0-5), NLI triplets
+    from ``sentence-transformers/all-nli`` ("triplet": anchor, positive, negative), tweet
+    sentiment from ``cardiffnlp/tweet_eval`` ("sentiment", labels mapped to 0/2/4). A
+    split whose labels are all missing or -1 (GLUE's hidden test labels) is unlabeled;
     isolated -1 labels are skipped as "empty label".
 
     Args:
-        task: ``TASKS["sst"]``, ``TASKS["para"]`` or ``TASKS["sts"]``.
+        task: one of ``TASKS`` with a hub source (all but cfimdb).
         split: "train", "dev" (= hub "validation") or "test".
 
     Raises:
@@ -282,7 +308,7 @@ def read_hf_split(task: TaskSpec, split: str) -> Examples:
     missing = [c for c in text_columns if c not in ds.column_names]
     if missing:
         raise ValueError(f"{name}:{hub_split}: missing column(s) {missing}; found {ds.column_names}")
-    raw = ds[label_column] if label_column in ds.column_names else []
+    raw = ds[label_column] if label_column is not None and label_column in ds.column_names else []
     raw = [None if v is None or v == -1 else v * scale for v in raw]
     labeled = any(v is not None for v in raw)
     ids = ds["idx"] if "idx" in ds.column_names else [f"{hub_split}-{i}" for i in range(len(ds))]
@@ -302,7 +328,8 @@ class Encoded:
 
     ``inputs`` holds int32 ``[N, max_length]`` arrays ``input_ids``, ``attention_mask``,
     ``token_type_ids`` and, for bi-encoded pairs, the second sentence's
-    ``input_ids_b``, ``attention_mask_b``, ``token_type_ids_b``. ``lengths`` int32 ``[N]``
+    ``input_ids_b``, ``attention_mask_b``, ``token_type_ids_b``; triplets add the third
+    sentence's with the suffix ``_c``. ``lengths`` int32 ``[N]``
     is each example's longest real sequence after truncation (what a batch may be
     cropped to). ``labels`` as in :class:`Examples`. ``num_truncated`` counts truncated
     sequences (for bi-encoding each sentence counts).
@@ -333,7 +360,8 @@ def _content_digest(examples: Examples) -> str:
     # Hashing the parsed rows rather than the file bytes also invalidates the cache when
     # the reading rules change, and covers hub sources that have no file.
     h = hashlib.sha1()
-    for column in (examples.ids, examples.texts, examples.pairs or []):
+    triplet = [examples.negatives] if examples.negatives is not None else []
+    for column in (examples.ids, examples.texts, examples.pairs or [], *triplet):
         h.update("\x1f".join(column).encode())
         h.update(b"\x1e")
     if examples.labels is not None:
@@ -359,7 +387,8 @@ def encode_split(
         max_length: tokens per sequence, special tokens included; also the padded width.
         pair_encoding: for pair tasks, "cross" (``[CLS] s1 [SEP] s2 [SEP]``, s2 with
             token type 1) or "bi" (each sentence alone, second into the ``*_b`` arrays).
-            Ignored for single-sentence tasks.
+            Ignored for single-sentence tasks; triplets always encode each sentence
+            alone (``*``, ``*_b``, ``*_c``).
         prompt: pair tasks with cross encoding only: text placed before the first
             sentence, e.g. "Are these questions asking the same thing?".
         cache_dir: if given, arrays are stored in / loaded from
@@ -378,7 +407,8 @@ def encode_split(
                          f"with pair_encoding={pair_encoding!r}")
     if prompt is not None and not prompt.strip():
         raise ValueError("prompt is blank; pass None for no prompt")
-    mode = pair_encoding if task.is_pair else "single"  # so ignored settings do not split the cache
+    # So ignored settings do not split the cache.
+    mode = pair_encoding if task.is_pair else "triplet" if task.is_triplet else "single"
     split_name = split_name or examples.name.removesuffix(".csv")
 
     cache_path = None
@@ -396,12 +426,14 @@ def encode_split(
         truncated = int(out.pop("num_truncated"))
         return out, truncated
 
-    if mode == "bi":
-        inputs, num_truncated = encode(examples.texts)
-        second, truncated_b = encode(examples.pairs)
-        inputs.update({f"{k}_b": v for k, v in second.items()})
-        num_truncated += truncated_b
-        lengths = np.maximum(inputs["attention_mask"].sum(1), inputs["attention_mask_b"].sum(1))
+    if mode in ("bi", "triplet"):
+        columns = {"": examples.texts, "_b": examples.pairs, "_c": examples.negatives}
+        inputs, num_truncated = {}, 0
+        for suffix in ("", "_b", "_c")[:3 if mode == "triplet" else 2]:
+            arrays, truncated = encode(columns[suffix])
+            inputs.update({f"{k}{suffix}": v for k, v in arrays.items()})
+            num_truncated += truncated
+        lengths = np.max([v.sum(1) for k, v in inputs.items() if k.startswith("attention_mask")], axis=0)
     else:
         texts = examples.texts if prompt is None else [f"{prompt.strip()} {t}" for t in examples.texts]
         inputs, num_truncated = encode(texts, examples.pairs)
@@ -549,12 +581,14 @@ def load_task_data(
 
     Returns:
         ``{task: {split: Encoded}}``; a test split whose file is absent is left out
-        (and logged), since test files are optional.
+        (and logged), since test files are optional, and so is a split the task does
+        not have (nli has no dev or test split, tweet no test split).
 
     Raises:
         FileNotFoundError: a train or dev file is absent (naming it).
         ValueError: unknown task/split names, a pair task without ``pair_encoding``,
-            or the errors of :func:`read_split`.
+            a ``files`` entry for a split the task does not have, or the errors of
+            :func:`read_split`.
     """
     task_names, splits = list(task_names), list(splits)
     files, prompt = files or {}, prompt or {}
@@ -564,6 +598,10 @@ def load_task_data(
     for split in [*splits, *(s for per_task in files.values() for s in per_task)]:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    for name, per_task in files.items():
+        lacking = [split for split in per_task if TASKS[name].default_file(split) is None]
+        if lacking:
+            raise ValueError(f"files: task {name!r} has no {', '.join(lacking)} split")
     out: dict[str, dict[str, Encoded]] = {}
     for name in task_names:
         task = TASKS[name]
@@ -571,6 +609,9 @@ def load_task_data(
             raise ValueError(f"pair_encoding has no entry for pair task {name!r}")
         out[name] = {}
         for split in splits:
+            if task.default_file(split) is None:
+                log(f"{name} {split}: the task has no {split} split, skipping")
+                continue
             if source == "hf":
                 examples = read_hf_split(task, split)
             elif source == "local":

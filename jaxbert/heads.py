@@ -1,26 +1,46 @@
 """Task heads on one shared BERT encoder.
 
-A task's head is chosen by its kind (one sentence, or a pair) and the config: pooling, bi- or
-cross-encoding, and for similarity a cosine or a learned regressor.
+A task's head is chosen by its kind (one sentence, a pair, or an NLI triplet) and the config: pooling, bi- or
+cross-encoding, and for similarity a cosine or a learned regressor. Every head with parameters is an `MLP`:
+`heads.hidden_layers` hidden layers (0 = the linear head; `heads.task_hidden_layers` per task) before its output
+layer.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxbert.modeling import BertConfig, BertModel, ProjectedAttention, dense_init
+from jaxbert.modeling import ACTIVATIONS as ENCODER_ACTIVATIONS
+from jaxbert.modeling import BertConfig, BertModel, Execution, ProjectedAttention, dense_init
 
 Array = jax.Array
 Dtype = Any
 
 # task → number of logits of its single-sentence classifier, or None for pair tasks.
-NUM_CLASSES = {"sst": 5, "cfimdb": 2}
+NUM_CLASSES = {"sst": 5, "cfimdb": 2, "tweet": 5}
 PAIR_TASKS = ("para", "sts")
+# Tasks trained through another task's parameters (head and PALs): tweet sentiment through SST's classifier,
+# NLI triplets through the STS head's projection (report 001 shares that layer between the two).
+SHARED_HEADS = {"tweet": "sst", "nli": "sts"}
+# The input suffixes of the sentences an encoding stacks into one encoder call.
+SENTENCES = {"single": ("",), "cross": ("",), "bi": ("", "_b"), "triplet": ("", "_b", "_c")}
+COSINE_HEADS = ("cosine", "sigmoid_cosine")
+HEAD_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": ENCODER_ACTIVATIONS["relu"],
+    "gelu": ENCODER_ACTIVATIONS["gelu"],  # exact erf GELU, as in the encoder
+    "tanh": jnp.tanh,
+    "squared_relu": lambda x: jnp.square(jax.nn.relu(x)),  # So et al. 2021 (Primer); report 001's SST head
+}
+
+
+def head_of(task: str) -> str:
+    """The task whose parameters `task` trains (itself unless it borrows another's)."""
+    return SHARED_HEADS.get(task, task)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +53,11 @@ class HeadSpec:
     para_encoding: str = "cross"
     sts_encoding: str = "bi"
     sts_head: str = "cosine"
+    cosine_scale: float = 20.0  # sigmoid_cosine's s in 5·σ(s·cos): report 002 multiplies the cosine by 20
+    hidden_layers: int = 0
+    task_hidden_layers: tuple[tuple[str, int], ...] = ()  # (task, layers) overrides; a mapping is accepted too
+    hidden_size: int | None = None  # None: the encoder's hidden size
+    activation: str = "relu"
     pal_size: int = 0  # width of each task's projected attention layers (PALs); 0 = none, 204 in the paper
     pal_heads: int = 12
 
@@ -42,9 +67,66 @@ class HeadSpec:
         if self.pal_size < 0 or self.pal_size % self.pal_heads:
             raise ValueError(f"pal_size {self.pal_size} is neither 0 (no PALs) nor a positive multiple of "
                              f"pal_heads {self.pal_heads}")
+        # Stored as sorted pairs so the spec stays hashable.
+        object.__setattr__(self, "task_hidden_layers", tuple(sorted(dict(self.task_hidden_layers).items())))
+        for task, layers in (("hidden_layers", self.hidden_layers), *self.task_hidden_layers):
+            if layers < 0:
+                raise ValueError(f"hidden_layers must be non-negative, got {layers} for {task}")
+        borrowed = [task for task, _ in self.task_hidden_layers if task in SHARED_HEADS]
+        if borrowed:
+            raise ValueError(f"task_hidden_layers: {', '.join(borrowed)} train another task's head "
+                             f"({', '.join(f'{t} → {SHARED_HEADS[t]}' for t in borrowed)}); set that task's depth")
+        if self.hidden_size is not None and self.hidden_size < 1:
+            raise ValueError(f"hidden_size must be positive or None, got {self.hidden_size}")
+        if self.activation not in HEAD_ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} is not one of {', '.join(HEAD_ACTIVATIONS)}")
 
     def encoding(self, task: str) -> str:
-        return {"para": self.para_encoding, "sts": self.sts_encoding}.get(task, "single")
+        """single | cross | bi | triplet: how `task`'s sentences reach the encoder."""
+        return {"para": self.para_encoding, "sts": self.sts_encoding, "nli": "triplet"}.get(task, "single")
+
+    def layers(self, task: str) -> int:
+        """Hidden layers of the head `task` trains."""
+        return dict(self.task_hidden_layers).get(head_of(task), self.hidden_layers)
+
+    def projects(self, task: str) -> bool:
+        """Whether `task`'s sentence embeddings go through a learned projection before a cosine.
+
+        A cosine STS head on bi-encoded pairs with hidden layers projects each sentence with them (report 002's
+        "linear layer on each embedding, then cosine"; report 001's layer shared with NLI).
+        """
+        return (head_of(task) == "sts" and self.sts_encoding == "bi" and self.sts_head in COSINE_HEADS
+                and self.layers(task) > 0)
+
+
+class MLP(nn.Module):
+    """`[..., d_in]` → `[..., features]`: `hidden_layers` × (dense → activation → dropout), then a dense output.
+
+    The output layer's `kernel`/`bias` sit at the module's own level, so with no hidden layers the module has
+    exactly the parameters (and outputs) of the single `nn.Dense` it reduces to. Hidden layers are `hidden_<i>`.
+    """
+
+    features: int
+    hidden_layers: int = 0
+    hidden_size: int = 768
+    activation: str = "relu"
+    dropout: float = 0.1
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        dense = lambda n, name: nn.Dense(n, kernel_init=self.kernel_init, dtype=self.dtype,  # noqa: E731
+                                         param_dtype=self.param_dtype, name=name)
+        self.hidden = [dense(self.hidden_size, f"hidden_{i}") for i in range(self.hidden_layers)]
+        self.drop = nn.Dropout(self.dropout)
+        self.output = dense(self.features, None)
+        nn.share_scope(self, self.output)
+
+    def __call__(self, x: Array, deterministic: bool = True) -> Array:
+        for layer in self.hidden:
+            x = self.drop(HEAD_ACTIVATIONS[self.activation](layer(x)), deterministic=deterministic)
+        return self.output(x)
 
 
 def pool(hidden: Array, pooler_output: Array, mask: Array, how: str) -> Array:
@@ -68,13 +150,17 @@ def cosine(u: Array, v: Array) -> Array:
     return (u * v).sum(-1) / jnp.maximum(jnp.linalg.norm(u, axis=-1) * jnp.linalg.norm(v, axis=-1), eps)
 
 
-def stack_pair(batch: dict[str, Array]) -> dict[str, Array]:
-    """A bi-encoded pair's two sentences as one `[2 * batch, seq]` batch: one encoder call, half the launches."""
-    return {k: jnp.concatenate([batch[k], batch[k + "_b"]]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+def stack_sentences(batch: dict[str, Array], suffixes: tuple[str, ...]) -> dict[str, Array]:
+    """A bi-encoded pair's (or a triplet's) sentences as one `[k * batch, seq]` batch: one encoder call."""
+    return {k: jnp.concatenate([batch[k + s] for s in suffixes]) for k in ("input_ids", "attention_mask",
+                                                                           "token_type_ids")}
 
 
 class MultitaskBert(nn.Module):
-    """One encoder, one head per task. `params` = {"bert": encoder, "<task>": head, "pal_<task>": its PALs}."""
+    """One encoder, one head per task. `params` = {"bert": encoder, "<task>": head, "pal_<task>": its PALs}.
+
+    A task in `SHARED_HEADS` has no parameters of its own: it trains those of the task it names.
+    """
 
     config: BertConfig
     tasks: tuple[str, ...]
@@ -82,25 +168,36 @@ class MultitaskBert(nn.Module):
     freeze_encoder: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    execution: Execution = Execution()
 
     def encoder_input_shape(self, task: str, batch: dict[str, Array]) -> tuple[int, int, int]:
         """Shape `[sequences, seq, hidden]` of the embedding-layer output for `task`'s batch."""
         rows, length = batch["input_ids"].shape
-        return (2 * rows if self.heads.encoding(task) == "bi" else rows, length, self.config.hidden_size)
+        return (len(SENTENCES[self.heads.encoding(task)]) * rows, length, self.config.hidden_size)
 
     def setup(self):
-        self.bert = BertModel(self.config, self.dtype, self.param_dtype)
+        self.bert = BertModel(self.config, self.dtype, self.param_dtype, self.execution)
         self.dropout = nn.Dropout(self.heads.dropout)
-        dense = lambda n, name: nn.Dense(n, kernel_init=dense_init(self.config), dtype=self.dtype,  # noqa: E731
-                                         param_dtype=self.param_dtype, name=name)
-        out = {task: dense(NUM_CLASSES.get(task, 1), task) for task in self.tasks}
-        if "sts" in out and self.heads.sts_encoding == "bi" and self.heads.sts_head == "cosine":
-            del out["sts"]  # the scaled cosine has no parameters
-        self.out = out
+        spec = self.heads
+        mlp = lambda features, layers, name: MLP(  # noqa: E731
+            features, layers, spec.hidden_size or self.config.hidden_size, spec.activation, spec.dropout,
+            dense_init(self.config), self.dtype, self.param_dtype, name=name)
+        owners = sorted({head_of(task) for task in self.tasks})
+        head = {}
+        for name in owners:
+            if spec.projects(name):
+                # The projection's last layer is linear: the cosine takes the place of an activation.
+                head[name] = mlp(spec.hidden_size or self.config.hidden_size, spec.layers(name) - 1, name)
+            elif name == "sts" and ("sts" not in self.tasks or (spec.sts_encoding == "bi"
+                                                                 and spec.sts_head in COSINE_HEADS)):
+                continue  # a cosine has no parameters, and nli reads only the embeddings
+            else:
+                head[name] = mlp(NUM_CLASSES.get(name, 1), spec.layers(name), name)
+        self.head = head
         # Owned here, not by `bert`, so each task's PALs are a top-level key of their own, like its head.
-        self.pal = {task: ProjectedAttention(self.config, self.heads.pal_size, self.heads.pal_heads, self.dtype,
-                                             self.param_dtype, name=f"pal_{task}")
-                    for task in self.tasks} if self.heads.pal_size else {}
+        self.pal = {task: ProjectedAttention(self.config, spec.pal_size, spec.pal_heads, self.dtype,
+                                             self.param_dtype, self.execution, name=f"pal_{task}")
+                    for task in owners} if spec.pal_size else {}
 
     def embed_sentences(self, task: str, batch: dict[str, Array], pooling: str, deterministic: bool,
                         perturbation: Array | None = None) -> Array:
@@ -112,9 +209,9 @@ class MultitaskBert(nn.Module):
         embeddings = self.bert.embed(batch["input_ids"], batch["token_type_ids"], deterministic)
         if perturbation is not None:
             embeddings = embeddings + perturbation.astype(embeddings.dtype)
-        adapter = self.pal[task] if self.pal else None
+        adapter = self.pal[head_of(task)] if self.pal else None
         out = self.bert.encode(embeddings, mask, deterministic, adapter)
-        # PALs sit inside the encoder, so their gradient needs its backward pass; `frozen_encoder_optimizer`
+        # PALs sit inside the encoder, so their gradient needs its backward pass; `partly_frozen_optimizer`
         # still keeps the encoder's own weights fixed.
         if self.freeze_encoder and adapter is None:
             out = jax.lax.stop_gradient(out)
@@ -122,35 +219,44 @@ class MultitaskBert(nn.Module):
 
     def __call__(self, task: str, batch: dict[str, Array], deterministic: bool = True,
                  perturbation: Array | None = None, return_embeddings: bool = False):
-        """Returns logits `[batch, classes]` (sst, cfimdb), a logit `[batch]` (para) or a score `[batch]` (sts).
+        """Returns logits `[batch, classes]` (sst, cfimdb, tweet), a logit `[batch]` (para), a score `[batch]`
+        (sts), or for nli the sentence embeddings `[3 * batch, d]` (premises, entailments, contradictions).
 
         Args:
           task: one of `self.tasks`.
           batch: `input_ids`, `attention_mask`, `token_type_ids` `[batch, seq]`; a bi-encoded pair adds the
-            second sentence's arrays with the suffix `_b`.
+            second sentence's arrays with the suffix `_b`, a triplet also the third's with `_c`.
           perturbation: added to the embedding-layer output, shaped `encoder_input_shape(task, batch)`.
-          return_embeddings: also return the pooled embeddings the head read, `[batch, hidden]`, or
-            `[2 * batch, hidden]` (first sentences, then second ones) for a bi-encoded pair: `(output, embeddings)`.
+          return_embeddings: also return the sentence embeddings the head read, `[batch, hidden]`, or
+            `[k * batch, d]` (first sentences, then second ones, ...) for a bi-encoded pair or a triplet:
+            `(output, embeddings)`. They are the pooled encoder outputs, projected when `heads.projects(task)`.
         """
         encoding = self.heads.encoding(task)
-        if encoding != "bi":
+        if encoding in ("single", "cross"):
             pooling = self.heads.sst_pooling if task in NUM_CLASSES else self.heads.pair_pooling
             embeddings = self.embed_sentences(task, batch, pooling, deterministic, perturbation)
-            logits = self.out[task](self.dropout(embeddings, deterministic=deterministic))
+            logits = self.head[head_of(task)](self.dropout(embeddings, deterministic=deterministic), deterministic)
             output = logits if task in NUM_CLASSES else logits[:, 0]
         else:
-            embeddings = self.embed_sentences(task, stack_pair(batch), self.heads.pair_pooling, deterministic,
-                                              perturbation)
-            output = self.pair_head(task, *jnp.split(embeddings, 2), deterministic)
+            embeddings = self.embed_sentences(task, stack_sentences(batch, SENTENCES[encoding]),
+                                              self.heads.pair_pooling, deterministic, perturbation)
+            if self.heads.projects(task):
+                embeddings = self.head[head_of(task)](self.dropout(embeddings, deterministic=deterministic),
+                                                      deterministic)
+            output = embeddings if encoding == "triplet" else self.pair_head(task, *jnp.split(embeddings, 2),
+                                                                             deterministic)
         return (output, embeddings) if return_embeddings else output
 
     def pair_head(self, task: str, u: Array, v: Array, deterministic: bool) -> Array:
-        """`[batch]` score or logit from the two sentences' `[batch, hidden]` embeddings."""
+        """`[batch]` score or logit from the two sentences' `[batch, d]` embeddings."""
         if task == "sts" and self.heads.sts_head == "cosine":
             # Negative similarity is clamped to 0 so the 0–5 scale maps onto cosines in [0, 1].
             return 5.0 * jax.nn.relu(cosine(u, v))
+        if task == "sts" and self.heads.sts_head == "sigmoid_cosine":
+            # Report 002 (scale 20): σ(cos) alone would stay within [0.27, 0.73], a fraction of the 0–5 range.
+            return 5.0 * jax.nn.sigmoid(self.heads.cosine_scale * cosine(u, v))
         if task == "sts" and self.heads.sts_head == "cosine_concat":
             features = jnp.concatenate([u, v, cosine(u, v)[:, None].astype(u.dtype)], -1)  # [batch, 2d + 1]
         else:  # the Sentence-BERT classifier features
             features = jnp.concatenate([u, v, jnp.abs(u - v), u * v], -1)  # [batch, 4d]
-        return self.out[task](self.dropout(features, deterministic=deterministic))[:, 0]
+        return self.head[task](self.dropout(features, deterministic=deterministic), deterministic)[:, 0]

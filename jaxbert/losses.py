@@ -25,7 +25,8 @@ def mean_squared_error(scores: Array, targets: Array) -> Array:
     return jnp.mean((scores.astype(jnp.float32) - targets.astype(jnp.float32)) ** 2)
 
 
-TASK_LOSS = {"sst": cross_entropy, "cfimdb": cross_entropy, "para": binary_cross_entropy, "sts": mean_squared_error}
+TASK_LOSS = {"sst": cross_entropy, "cfimdb": cross_entropy, "tweet": cross_entropy, "para": binary_cross_entropy,
+             "sts": mean_squared_error}
 
 
 def combine_losses(losses: Mapping[str, Array], how: str = "sum", weights: Mapping[str, float] | None = None) -> Array:
@@ -167,3 +168,24 @@ def simcse_loss(u: Array, v: Array, temperature: float = 0.05, hard_negatives: A
         candidates = jnp.concatenate([v, hard_negatives.astype(v.dtype)])
     logits = _unit_rows(u) @ _unit_rows(candidates).T / temperature  # [n, n] or [n, 2n]
     return cross_entropy(logits, jnp.arange(u.shape[0]))
+
+
+def cosine_embedding_loss(u: Array, v: Array, targets: Array, margin: float = 0.0) -> Array:
+    """`torch.nn.CosineEmbeddingLoss` with mean reduction: 1 − cos(u_i, v_i) where target_i = 1, and
+    max(0, cos(u_i, v_i) − margin) where target_i = −1.
+
+    Report 002 trains STS with it, a pair being similar (1) when its 0–5 score reaches 2.5.
+
+    Args:
+      u: `[n, d]` first sentences.
+      v: `[n, d]` second sentences.
+      targets: `[n]`, 1 (similar) or −1 (dissimilar).
+      margin: in [−1, 1]; dissimilar pairs cost nothing below it.
+    """
+    _check_rows("u", u, "[n, d]")
+    _check_shape("v", v, u.shape, "[n, d] like u")
+    _check_shape("targets", targets, u.shape[:1], "[n]")
+    if not -1 <= margin <= 1:
+        raise ValueError(f"margin must be in [-1, 1], got {margin}")
+    cos = jnp.sum(_unit_rows(u) * _unit_rows(v), axis=-1)
+    return jnp.where(targets > 0, 1.0 - cos, jax.nn.relu(cos - margin)).mean()

@@ -1,7 +1,8 @@
 """Evaluation metrics of the multitask BERT (pure NumPy, float64).
 
 SST-5 ("sst") and Quora ("para") are scored by accuracy, STS ("sts") by Pearson correlation.  The course's overall
-score maps the correlation from [-1, 1] to [0, 1]: ``(acc_sst + acc_para + (r_sts + 1) / 2) / 3``.
+score maps the correlation from [-1, 1] to [0, 1]: ``(acc_sst + acc_para + (r_sts + 1) / 2) / 3``.  Auxiliary
+datasets (tweet sentiment, which only feeds the SST head) are reported but enter neither summary score.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import numpy as np
 
 TASK_KINDS = ("class", "binary", "score")
 PRIMARY_METRICS = ("accuracy", "pearson")
+AUXILIARY_TASKS = ("tweet",)
 
-__all__ = ["TASK_KINDS", "accuracy", "pearson", "overall_score", "mean_score", "task_metric", "summarize"]
+__all__ = ["TASK_KINDS", "AUXILIARY_TASKS", "accuracy", "pearson", "overall_score", "mean_score", "task_metric", "summarize"]
 
 
 def _pair(pred, labels, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -81,13 +83,14 @@ def _primary(metrics) -> float | None:
 def summarize(dev_metrics: Mapping[str, Mapping[str, float]]) -> dict:
     """Copy of ``dev_metrics`` (task -> metric dict) with summary scores added.
 
-    ``mean``: mean of the primary metric ("accuracy", else "pearson") of every task present (omitted if none).
+    ``mean``: mean of the primary metric ("accuracy", else "pearson") of every task present but those of
+    ``AUXILIARY_TASKS`` (omitted if none).
     ``overall``: ``overall_score`` of sst accuracy, para accuracy and sts pearson, only when all three exist.
     Existing top-level "overall"/"mean" entries are recomputed, not averaged in.
     """
     out = {task: (dict(m) if isinstance(m, Mapping) else m) for task, m in dev_metrics.items()
            if task not in ("overall", "mean")}
-    primaries = [p for p in (_primary(m) for m in out.values()) if p is not None]
+    primaries = [p for p in (_primary(m) for t, m in out.items() if t not in AUXILIARY_TASKS) if p is not None]
     if primaries:
         out["mean"] = float(np.mean(primaries))
     sst, para, sts = (out.get(t) for t in ("sst", "para", "sts"))

@@ -91,6 +91,41 @@ class BertConfig:
         return self.hidden_size // self.num_attention_heads
 
 
+ATTENTION_KERNELS = ("auto", "xla", "cudnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class Execution:
+    """How the encoder is computed, never what: every setting gives the same function up to rounding.
+
+    attention: the kernel of dropout-free attention (`jax.nn.dot_product_attention`'s `implementation`): "xla",
+      "cudnn" (the fused flash-attention kernel: GPU only, bfloat16 or float16, head dim a multiple of 8 up to
+      128), or "auto", which picks cudnn where all of that holds and the mask travels as lengths, xla elsewhere.
+      JAX's own default is xla on every backend, so without this the GPU would never run the fused kernel.
+    right_padded: every attention mask is a run of ones followed by zeros, as the tokenizer pads. The mask then
+      reaches the kernel as per-row key lengths, cuDNN's native padding mode, instead of a boolean
+      `[batch, 1, 1, seq]` mask that cuDNN turns into a materialized bias. Any other mask needs False.
+    remat: keep only each encoder layer's input from the forward pass and recompute the layer's inner activations
+      during the backward pass (`nn.remat`): a few times less activation memory, for about a third more compute.
+    """
+
+    attention: str = "auto"
+    right_padded: bool = False
+    remat: bool = False
+
+    def __post_init__(self):
+        if self.attention not in ATTENTION_KERNELS:
+            raise ValueError(f"attention kernel {self.attention!r} is not one of {', '.join(ATTENTION_KERNELS)}")
+
+    def attention_kernel(self, dtype: Dtype, head_dim: int) -> str:
+        """The kernel that runs for queries of `dtype` with `head_dim` features per head."""
+        if self.attention != "auto":
+            return self.attention
+        fused = (jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+                 and head_dim % 8 == 0 and head_dim <= 128 and self.right_padded)
+        return "cudnn" if fused else "xla"
+
+
 def dense_init(config: BertConfig) -> nn.initializers.Initializer:
     return nn.initializers.normal(stddev=config.initializer_range)
 
@@ -121,16 +156,17 @@ class BertEmbeddings(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
-    """Multi-head scaled dot-product self-attention with an additive padding mask.
+    """Multi-head scaled dot-product self-attention with a padding mask.
 
-    With attention-probability dropout inactive the product goes through `jax.nn.dot_product_attention`,
-    which lowers to the fused cuDNN kernel on GPU; dropout on the probabilities needs them materialized,
-    so training with it takes the explicit path.
+    With attention-probability dropout inactive the product goes through `jax.nn.dot_product_attention` with
+    the kernel `execution` picks (the fused cuDNN one on GPU under "auto"); dropout on the probabilities needs
+    them materialized, so training with it takes the explicit path.
     """
 
     config: BertConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    execution: Execution = Execution()
 
     @nn.compact
     def __call__(self, x: Array, attention_mask: Array, deterministic: bool) -> Array:
@@ -147,7 +183,14 @@ class BertSelfAttention(nn.Module):
         mask = attention_mask[:, None, None, :].astype(bool)  # [batch, 1, 1(query), seq(key)]
         dropout = cfg.attention_probs_dropout_prob
         if deterministic or dropout == 0.0:
-            context = jax.nn.dot_product_attention(q, k, v, mask=mask)
+            kernel = self.execution.attention_kernel(q.dtype, cfg.head_dim)
+            if self.execution.right_padded:
+                # Only the keys are limited: padded query rows still attend to the real tokens, as with the mask,
+                # so every position (padding included) matches the explicit path.
+                lengths = attention_mask.sum(-1, dtype=jnp.int32)  # [batch]
+                context = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation=kernel)
+            else:
+                context = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=kernel)
         else:
             context = explicit_attention(q, k, v, mask, self.make_rng("dropout"), dropout)
         return context.reshape(*context.shape[:2], cfg.hidden_size)
@@ -191,11 +234,12 @@ class BertAttention(nn.Module):
     config: BertConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    execution: Execution = Execution()
 
     @nn.compact
     def __call__(self, x: Array, attention_mask: Array, deterministic: bool) -> Array:
         kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
-        context = BertSelfAttention(**kw, name="self")(x, attention_mask, deterministic)
+        context = BertSelfAttention(**kw, execution=self.execution, name="self")(x, attention_mask, deterministic)
         return BertResidual(**kw, name="output")(context, x, deterministic)
 
 
@@ -205,6 +249,7 @@ class BertLayer(nn.Module):
     config: BertConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    execution: Execution = Execution()
 
     @nn.compact
     def __call__(self, x: Array, attention_mask: Array, deterministic: bool, parallel: Array | None = None) -> Array:
@@ -215,7 +260,7 @@ class BertLayer(nn.Module):
         """
         cfg = self.config
         kw = dict(config=cfg, dtype=self.dtype, param_dtype=self.param_dtype)
-        attended = BertAttention(**kw, name="attention")(x, attention_mask, deterministic)
+        attended = BertAttention(**kw, execution=self.execution, name="attention")(x, attention_mask, deterministic)
         hidden = nn.Dense(
             cfg.intermediate_size, kernel_init=dense_init(cfg), dtype=self.dtype, param_dtype=self.param_dtype,
             name="intermediate",
@@ -245,6 +290,7 @@ class ProjectedAttention(nn.Module):
     heads: int = 12
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    execution: Execution = Execution()
 
     def setup(self):
         cfg = self.config
@@ -255,7 +301,8 @@ class ProjectedAttention(nn.Module):
         # function, and V^D's gradient (through MH(V^E h) ≠ 0) is not zero, so the branch still learns.
         self.decoder = dense(cfg.hidden_size, nn.initializers.zeros)
         small = dataclasses.replace(cfg, hidden_size=self.size, num_attention_heads=self.heads)
-        self.attention = [BertSelfAttention(small, self.dtype, self.param_dtype) for _ in range(cfg.num_hidden_layers)]
+        self.attention = [BertSelfAttention(small, self.dtype, self.param_dtype, self.execution)
+                          for _ in range(cfg.num_hidden_layers)]
 
     def __call__(self, layer: int, h: Array, attention_mask: Array, deterministic: bool) -> Array:
         """TS(h) `[batch, seq, hidden]` of layer `layer` for its input h `[batch, seq, hidden]`."""
@@ -266,12 +313,15 @@ class BertEncoder(nn.Module):
     config: BertConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    execution: Execution = Execution()
 
     @nn.compact
     def __call__(self, x: Array, attention_mask: Array, deterministic: bool, adapter: Adapter | None = None) -> Array:
+        # `deterministic` (argument 3, counting the module) picks Python branches, so remat must not trace it.
+        layer = nn.remat(BertLayer, static_argnums=(3,)) if self.execution.remat else BertLayer
         for i in range(self.config.num_hidden_layers):
             parallel = None if adapter is None else adapter(i, x, attention_mask, deterministic)
-            x = BertLayer(self.config, self.dtype, self.param_dtype, name=f"layer_{i}")(
+            x = layer(self.config, self.dtype, self.param_dtype, self.execution, name=f"layer_{i}")(
                 x, attention_mask, deterministic, parallel)
         return x
 
@@ -286,11 +336,12 @@ class BertModel(nn.Module):
     config: BertConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    execution: Execution = Execution()
 
     def setup(self):
         kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
         self.embeddings = BertEmbeddings(**kw)
-        self.encoder = BertEncoder(**kw)
+        self.encoder = BertEncoder(**kw, execution=self.execution)
         self.pooler = nn.Dense(
             self.config.hidden_size, kernel_init=dense_init(self.config), dtype=self.dtype,
             param_dtype=self.param_dtype,

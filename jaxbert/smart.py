@@ -19,7 +19,8 @@ Array = jax.Array
 PyTree = Any
 
 KINDS = ("classification", "binary", "regression")
-TASK_KIND = {"sst": "classification", "cfimdb": "classification", "para": "binary", "sts": "regression"}
+TASK_KIND = {"sst": "classification", "cfimdb": "classification", "tweet": "classification", "para": "binary",
+             "sts": "regression"}
 _TINY = 1e-30  # keeps a zero gradient or zero perturbation from dividing by zero
 
 

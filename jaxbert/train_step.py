@@ -10,7 +10,8 @@ the predictions are vmapped over it, every seed on the same batches with its own
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from functools import partial
+from typing import Any, Callable, Collection, Sequence
 
 import flax.struct
 import jax
@@ -48,10 +49,13 @@ class TrainState:
 class Objective:
     """What each task's loss is made of, beyond its head's loss. Static: it shapes the compiled step.
 
-    `supcon_weight` adds the supervised contrastive loss on the sentence embeddings of the classification
-    tasks, `simcse_weight` unsupervised SimCSE on the sentences of `simcse_tasks`; both see two dropout views
-    of every sentence, made by running each batch twice in one call. `smart` adds SMART's adversarial term and,
-    with `bregman_weight` > 0, its proximal term against an EMA teacher.
+    `sts_loss` is STS's head loss: `mse` on the head's score, or `cosine_embedding` on the pair's embeddings
+    (similar when the score is at least `cosine_embedding_threshold`). `nli` triplets are trained with
+    supervised SimCSE at `simcse_temperature`, the contradictions as hard negatives. `supcon_weight` adds the
+    supervised contrastive loss on the sentence embeddings of the classification tasks, `simcse_weight`
+    unsupervised SimCSE on the sentences of `simcse_tasks`; both see two dropout views of every sentence, made by
+    running each batch twice in one call. `smart` adds SMART's adversarial term and, with `bregman_weight` > 0,
+    its proximal term against an EMA teacher, to every task with a prediction to smooth (not nli).
     """
 
     sst_loss: str = "ce"  # ce | ordinal
@@ -63,12 +67,23 @@ class Objective:
     simcse_tasks: tuple[str, ...] = ()
     simcse_temperature: float = 0.05
     smart: SmartConfig | None = None
+    sts_loss: str = "mse"  # mse | cosine_embedding
+    cosine_embedding_threshold: float = 2.5
+    cosine_embedding_margin: float = 0.0
 
     def two_views(self, task: str) -> bool:
         supcon = self.supcon_weight > 0 and task in NUM_CLASSES
         return supcon or (self.simcse_weight > 0 and task in self.simcse_tasks)
 
-    def head_loss(self, task: str, output: jax.Array, labels: jax.Array) -> jax.Array:
+    def head_loss(self, task: str, output: jax.Array, labels: jax.Array | None, sentences: jax.Array) -> jax.Array:
+        """The loss of `task`'s head output `[batch, ...]`, or of its sentence embeddings `sentences`
+        `[sentences per example, batch, d]` for the losses that read them."""
+        if task == "nli":
+            premises, entailments, contradictions = sentences
+            return losses.simcse_loss(premises, entailments, self.simcse_temperature, hard_negatives=contradictions)
+        if task == "sts" and self.sts_loss == "cosine_embedding":
+            targets = jnp.where(labels >= self.cosine_embedding_threshold, 1, -1)
+            return losses.cosine_embedding_loss(sentences[0], sentences[1], targets, self.cosine_embedding_margin)
         if task in NUM_CLASSES:
             if self.sst_loss == "ordinal":
                 return losses.ordinal_log_loss(output, labels, self.ordinal_alpha)
@@ -91,9 +106,11 @@ def initial_extra(params: Any, num_tasks: int, surgery: str, objective: Objectiv
     return extra
 
 
-def frozen_encoder_optimizer(tx: optax.GradientTransformation, params: Any) -> optax.GradientTransformation:
-    """Leaves the encoder exactly where it is (no update, no weight decay) and trains the heads with `tx`."""
-    labels = {name: "frozen" if name == "bert" else "train" for name in params}
+def partly_frozen_optimizer(tx: optax.GradientTransformation, params: Any,
+                            frozen: Collection[str]) -> optax.GradientTransformation:
+    """Leaves the top-level params named in `frozen` (`"bert"`, a head) exactly where they are (no update, no
+    weight decay) and trains the others with `tx`."""
+    labels = {name: "frozen" if name in frozen else "train" for name in params}
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
@@ -110,7 +127,7 @@ def task_loss_fns(model: MultitaskBert, batches: Batches, dropout_key: jax.Array
 
     def loss_fn(task, batch, key):
         dropout_key, smart_key = jax.random.split(key)
-        labels, rows = batch["labels"], batch["labels"].shape[0]
+        labels, rows = batch.get("labels"), batch["input_ids"].shape[0]
         views = 2 if objective.two_views(task) else 1
         inputs = _twice(batch) if views == 2 else batch
 
@@ -120,10 +137,10 @@ def task_loss_fns(model: MultitaskBert, batches: Batches, dropout_key: jax.Array
 
         def loss(params):
             output, embeddings = forward(params)
-            parts = {"head": objective.head_loss(task, output[:rows], labels)}
+            # Rows of `embeddings` are [group][view][row]: a bi-encoded pair has two groups (its sentences), a triplet 3.
+            grouped = embeddings.reshape(-1, views, rows, embeddings.shape[-1])
+            parts = {"head": objective.head_loss(task, output[:rows], labels, grouped[:, 0])}
             if views == 2:
-                # Rows of `embeddings` are [group][view][row]: a bi-encoded pair has two groups, its sentences.
-                grouped = embeddings.reshape(-1, 2, rows, embeddings.shape[-1])
                 first, second = (grouped[:, view].reshape(-1, grouped.shape[-1]) for view in (0, 1))
                 if objective.supcon_weight > 0 and task in NUM_CLASSES:
                     parts["supcon"] = objective.supcon_weight * losses.supervised_contrastive_loss(
@@ -131,7 +148,7 @@ def task_loss_fns(model: MultitaskBert, batches: Batches, dropout_key: jax.Array
                 if objective.simcse_weight > 0 and task in objective.simcse_tasks:
                     parts["simcse"] = objective.simcse_weight * losses.simcse_loss(
                         first, second, objective.simcse_temperature)
-            if objective.smart is not None:
+            if objective.smart is not None and task in smart.TASK_KIND:
                 cfg, kind = objective.smart, smart.TASK_KIND[task]
                 adversarial = smart.adversarial_loss(lambda d: forward(params, d)[0], output,
                                                      model.encoder_input_shape(task, inputs), kind, smart_key, cfg)
@@ -148,14 +165,14 @@ def task_loss_fns(model: MultitaskBert, batches: Batches, dropout_key: jax.Array
 
 
 def joint_gradient(loss_fns, params, loss_combination, loss_weights):
-    """One backward pass through the combined loss."""
+    """One backward pass through the combined loss: `(results, grads)`."""
     def total(p):
         results = {task: fn(p) for task, fn in loss_fns.items()}
         task_losses = {task: loss for task, (loss, _) in results.items()}
         return combine_losses(task_losses, loss_combination, loss_weights), results
 
-    (loss, results), grads = jax.value_and_grad(total, has_aux=True)(params)
-    return loss, results, grads
+    grads, results = jax.grad(total, has_aux=True)(params)
+    return results, grads
 
 
 def per_task_gradients(loss_fns, params):
@@ -167,11 +184,41 @@ def per_task_gradients(loss_fns, params):
 
 
 def combine_task_gradients(task_grads, params, encoder_grad):
-    """The encoder takes `encoder_grad`; every other parameter (a head, a task's adapters) belongs to one task,
-    so summing over tasks gives it exactly its own task's gradient."""
+    """The encoder takes `encoder_grad`; every other parameter (a head, a task's adapters) belongs to one task, or
+    to the tasks that share it (`heads.SHARED_HEADS`), so summing over tasks gives it exactly their gradient."""
     encoder_grad = jax.tree.map(lambda g, p: g.astype(p.dtype), encoder_grad, params["bert"])
     return {name: encoder_grad if name == "bert" else jax.tree.map(lambda *g: sum(g), *[g[name] for g in task_grads])
             for name in params}
+
+
+def accumulate(gradients_of: Callable[[Batches, jax.Array], Any], batches: Batches, dropout_key: jax.Array,
+               steps: int) -> Any:
+    """`gradients_of(batches, dropout_key)` (a pytree of losses and gradients) averaged over `steps` micro-batches.
+
+    Micro-batch m holds rows m, m + steps, m + 2·steps, ... of every task's batch, so each device's slice of a
+    batch sharded on `data` splits on the device itself, and every micro-batch is still spread over all devices.
+    Each loss is a mean over its rows, so with equal micro-batches the average is the whole batch's loss and
+    gradient, up to dropout (each micro-batch draws its own masks) and to the in-batch terms (SupCon and
+    SimCSE contrast a row with its micro-batch only). `lax.scan` keeps one micro-batch's activations alive. On
+    several devices XLA all-reduces each micro-batch's gradient inside the loop, not once per step.
+    """
+    if steps == 1:
+        return gradients_of(batches, dropout_key)
+
+    def split(x):  # [rows, ...] → [steps, rows / steps, ...]
+        if x.shape[0] % steps:
+            raise ValueError(f"a batch of {x.shape[0]} rows does not split into {steps} equal micro-batches")
+        return jnp.swapaxes(x.reshape(x.shape[0] // steps, steps, *x.shape[1:]), 0, 1)
+
+    micro = jax.tree.map(split, batches)
+    keys = jax.random.split(dropout_key, steps)
+
+    def add(total, xs):
+        return jax.tree.map(jnp.add, total, gradients_of(*xs)), None
+
+    shapes = jax.eval_shape(gradients_of, jax.tree.map(lambda x: x[0], micro), keys[0])
+    total, _ = jax.lax.scan(add, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), (micro, keys))
+    return jax.tree.map(lambda x: x / steps, total)
 
 
 SURGERIES = ("none", "pcgrad", "pcgrad_two_updates", "gradvac", "cagrad", "mgda", "imtl_g")
@@ -196,6 +243,7 @@ def make_train_step(
     surgery: str = "none",
     objective: Objective = Objective(),
     gradvac_beta: float = 0.01,
+    accumulation_steps: int = 1,
 ) -> Callable[[TrainState, Batches], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds `train_step(state, batches) -> (state, metrics)`, not yet jitted.
 
@@ -210,30 +258,44 @@ def make_train_step(
     update followed in the same step by a plain update with the combined gradient, both gradients taken at the
     step's starting point (the "gradient surgery experiment" of the reports: two optimizer steps, one backward
     pass per task); `cagrad`, `mgda`, `imtl_g`.
+
+    `accumulation_steps` > 1 splits every task's batch into that many micro-batches and averages their gradients
+    (per task, for surgery) before the single update: see `accumulate`.
     """
     if surgery not in SURGERIES:
         raise ValueError(f"surgery {surgery!r} is not one of {', '.join(SURGERIES)}")
     if not jax.dtypes.issubdtype(base_key.dtype, jax.dtypes.prng_key) or base_key.ndim > 1:
         raise ValueError(f"base_key must be one typed key (jax.random.key) or a stack of them [seeds], got "
                          f"{base_key.dtype}{list(base_key.shape)}")
+    if accumulation_steps > 1 and loss_combination == "balanced":
+        raise ValueError("loss combination 'balanced' weighs tasks by the whole batch's losses: it cannot accumulate")
     reduction = "mean" if loss_combination == "mean" else "sum"
 
     def apply(state, grads, params):
         updates, opt_state = tx.update(grads, state.opt_state, params)
         return state.replace(params=optax.apply_updates(params, updates), opt_state=opt_state)
 
-    def train_step(state: TrainState, batches: Batches, base_key: jax.Array):
-        dropout_key = jax.random.fold_in(base_key, state.step)
-        fns = task_loss_fns(model, batches, dropout_key, objective, state.extra.get("teacher"))
-        surgery_key = jax.random.fold_in(dropout_key, len(fns))  # a stream the dropout keys do not use
-        extra = dict(state.extra)
+    def gradients_of(params, teacher, batches, dropout_key):
+        """`(results, grads)`: the combined loss's gradient, or with surgery each task's own."""
+        fns = task_loss_fns(model, batches, dropout_key, objective, teacher)
         if surgery == "none":
-            loss, results, grads = joint_gradient(fns, state.params, loss_combination, loss_weights)
+            return joint_gradient(fns, params, loss_combination, loss_weights)
+        return per_task_gradients(fns, params)
+
+    def seed_step(state: TrainState, batches: Batches, base_key: jax.Array):
+        dropout_key = jax.random.fold_in(base_key, state.step)
+        surgery_key = jax.random.fold_in(dropout_key, len(batches))  # a stream the dropout keys do not use
+        extra = dict(state.extra)
+        results, grads = accumulate(partial(gradients_of, state.params, state.extra.get("teacher")), batches,
+                                    dropout_key, accumulation_steps)
+        task_losses = {t: l for t, (l, _) in results.items()}
+        if surgery == "none":
+            loss = combine_losses(task_losses, loss_combination, loss_weights)
             new_state = apply(state, grads, state.params)
         else:
-            results, task_grads = per_task_gradients(fns, state.params)
-            loss = combine_losses({t: l for t, (l, _) in results.items()}, reduction)
-            shared = [task_grads[t]["bert"] for t in fns]
+            task_grads = grads
+            loss = combine_losses(task_losses, reduction)
+            shared = [task_grads[t]["bert"] for t in sorted(batches)]
             if surgery in ("pcgrad", "pcgrad_two_updates"):
                 encoder = gradients.pcgrad(shared, surgery_key, reduction)
             elif surgery == "gradvac":
@@ -257,9 +319,12 @@ def make_train_step(
             metrics.update({f"loss/{task}/{name}": value for name, value in parts.items() if len(parts) > 1})
         return new_state, metrics
 
-    if base_key.ndim == 1:
-        return lambda state, batches: jax.vmap(train_step, in_axes=(0, None, 0))(state, batches, base_key)
-    return lambda state, batches: train_step(state, batches, base_key)
+    step = jax.vmap(seed_step, in_axes=(0, None, 0)) if base_key.ndim == 1 else seed_step
+
+    def train_step(state: TrainState, batches: Batches):  # the name profiles and compile logs show
+        return step(state, batches, base_key)
+
+    return train_step
 
 
 def make_predict_step(model: MultitaskBert, task: str,

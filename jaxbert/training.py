@@ -1,15 +1,17 @@
 """`train_and_evaluate(config)`: the multitask fine-tuning job behind `train.py`.
 
-Per epoch: the sampler's plan of batches, the jitted step over the `data` mesh, a dev evaluation, metrics to
-`metrics.jsonl` and TensorBoard, and checkpoints (latest and best). At the end: `results.json`, prediction
-files in the course's format, and a plot of the dev curves.
+A run is a list of stages (one, unless the config has `stages`), each with its own tasks, sampler, optimizer
+and frozen or trainable encoder; params and the step count carry from one to the next. Per epoch of a stage:
+the sampler's plan of batches, the jitted step over the `data` mesh, a dev evaluation, metrics to
+`metrics.jsonl` and TensorBoard, and checkpoints (latest and best). At the end: `results.json` from the best
+checkpoint of the whole run, prediction files in the course's format, and a plot of the dev curves.
 
 `train.seeds` N > 1 trains seeds `train.seed` ... `train.seed + N - 1`, each into `<out>/seed<k>/` with what a
 single-seed run writes there: one run after another, or with `train.vmap_seeds` all in one program, the state
-stacked over a leading seed axis (one compile, one pass over the data). The seeds of a vmapped run differ in
-their heads' initialization and their dropout and surgery keys; they all see the batches of `train.data_seed`
-(default: the first seed), which each seed's `config.yaml` records, so a single-seed run of that config
-repeats the seed.
+stacked over a leading seed axis (one compile, one pass over the data), stage after stage alike. The seeds of a
+vmapped run differ in their heads' initialization and their dropout and surgery keys; they all see the batches
+of `train.data_seed` (default: the first seed), which each seed's `config.yaml` records, so a single-seed run of
+that config repeats the seed.
 """
 
 from __future__ import annotations
@@ -25,25 +27,29 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from jax.sharding import Mesh
 from tqdm import tqdm
 
 from jaxbert import data as data_lib
 from jaxbert.checkpoint import CheckpointStore
-from jaxbert.config import Config, TrainConfig, save_config, to_dict
+from jaxbert.config import Config, TrainConfig, resolve_stage, save_config, stage_names, to_dict
 from jaxbert.convert import load_pretrained, resolve_hf_folder, PARAMS_DIR
 from jaxbert.heads import HeadSpec, MultitaskBert
 from jaxbert.metrics import summarize, task_metric
+from jaxbert.modeling import Execution
 from jaxbert.optim import make_optimizer
+from jaxbert.prefetch import prefetch
 from jaxbert.samplers import epoch_plan
 from jaxbert.tokenization import BertTokenizer
 from jaxbert.smart import SmartConfig
-from jaxbert.train_step import (Objective, create_train_state, data_mesh, frozen_encoder_optimizer, initial_extra,
-                                jit_predict_step, jit_train_step, make_predict_step, make_train_step, replicate,
+from jaxbert.train_step import (Objective, TrainState, create_train_state, data_mesh, initial_extra, jit_predict_step,
+                                jit_train_step, make_predict_step, make_train_step, partly_frozen_optimizer, replicate,
                                 seed_slice, shard_batch, stack_seeds)
 
 # The course's prediction-file headers, kept verbatim (typo included) so its scripts read our files.
 PREDICTION_HEADERS = {"sst": "Predicted_Sentiment", "cfimdb": "Predicted_Sentiment", "para": "Predicted_Is_Paraphrase",
-                      "sts": "Predicted_Similiarity"}
+                      "sts": "Predicted_Similiarity", "tweet": "Predicted_Sentiment"}
 
 
 def build_model(config: Config, log: Callable[[str], None],
@@ -55,10 +61,12 @@ def build_model(config: Config, log: Callable[[str], None],
                  "attention_probs_dropout_prob": config.model.attention_dropout}
     bert_config = dataclasses.replace(bert_config, **{k: v for k, v in overrides.items() if v is not None})
     heads = HeadSpec(**{f.name: getattr(config.heads, f.name) for f in dataclasses.fields(HeadSpec)})
+    # Every batch comes from `data_lib`, which pads on the right: masks can travel as lengths.
+    execution = Execution(config.model.attention, right_padded=True, remat=config.model.remat)
     model = MultitaskBert(bert_config, tuple(config.tasks), heads, config.model.freeze_encoder,
-                          dtype=jnp.dtype(config.model.dtype))
+                          dtype=jnp.dtype(config.model.dtype), execution=execution)
     dummy = {k: jnp.zeros((1, 4), jnp.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
-    dummy.update({k + "_b": v for k, v in dummy.items()})
+    dummy.update({k + suffix: v for k, v in dummy.items() for suffix in ("_b", "_c")})
     # The encoder's random init is dropped inside the program, so XLA never computes it.
     init_heads = [jax.jit(lambda key, t=task: {name: p for name, p in model.init(key, t, dummy)["params"].items()
                                                if name != "bert"}) for task in config.tasks]
@@ -86,13 +94,15 @@ def steps_in_run(config: Config, train: dict[str, data_lib.Encoded]) -> list[int
     return counts
 
 
-def plan_for(config: Config, train: dict[str, data_lib.Encoded], epoch: int) -> list[dict[str, np.ndarray]]:
-    """The batches of 0-based `epoch`."""
+def plan_for(config: Config, train: dict[str, data_lib.Encoded], epoch: int,
+             seed: int | None = None) -> list[dict[str, np.ndarray]]:
+    """The batches of 0-based `epoch`, drawn with `seed` (default `data_seed(train)`)."""
     t = config.train
     steps = t.steps_per_epoch if t.sampler in ("proportional", "annealed") or t.epoch_length == "steps" else None
     return epoch_plan(t.sampler, {task: len(e) for task, e in train.items()}, t.batch_size, epoch=epoch + 1,
-                      num_epochs=t.epochs, seed=data_seed(t), epoch_length=t.epoch_length, steps_per_epoch=steps,
-                      lengths={task: e.lengths for task, e in train.items()}, group_batches=t.group_by_length)
+                      num_epochs=t.epochs, seed=data_seed(t) if seed is None else seed, epoch_length=t.epoch_length,
+                      steps_per_epoch=steps, lengths={task: e.lengths for task, e in train.items()},
+                      group_batches=t.group_by_length)
 
 
 def step_batches(train: dict[str, data_lib.Encoded], step: dict[str, np.ndarray], buckets: list[int]) -> dict:
@@ -175,6 +185,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
                     series.setdefault(f"{task} {name}", []).append((record["epoch"], value))
             else:
                 series.setdefault(task, []).append((record["epoch"], metrics))
+    if not series:  # no task has a dev metric (nli alone): nothing to draw
+        return
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, points in series.items():
         ax.plot(*zip(*points), marker="o", label=label)
@@ -187,12 +199,13 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def dev_score(dev_metrics: dict[str, Any]) -> float:
-    """The number best-checkpoint selection maximizes: the course's overall score when it exists."""
+def dev_score(dev_metrics: dict[str, Any]) -> float | None:
+    """The number best-checkpoint selection maximizes: the course's overall score when it exists, else the mean;
+    None when no task has a dev metric that counts (nli alone, say)."""
     for key in ("overall", "mean"):
         if key in dev_metrics:
             return float(dev_metrics[key])
-    raise ValueError(f"no dev score in {dev_metrics}")
+    return None
 
 
 def objective_from_config(config: Config) -> Objective:
@@ -201,7 +214,9 @@ def objective_from_config(config: Config) -> Objective:
                         s.teacher_momentum) if s.enabled else None
     return Objective(losses.sst, losses.label_smoothing, losses.ordinal_alpha, losses.supcon_weight,
                      losses.supcon_temperature, losses.simcse_weight, tuple(losses.simcse_tasks),
-                     losses.simcse_temperature, smart)
+                     losses.simcse_temperature, smart, sts_loss=losses.sts,
+                     cosine_embedding_threshold=losses.cosine_embedding_threshold,
+                     cosine_embedding_margin=losses.cosine_embedding_margin)
 
 
 def data_seed(t: TrainConfig) -> int:
@@ -228,8 +243,35 @@ def dropout_base_key(seed: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), 1)  # stream 0 initialized the heads
 
 
-def current_step(state) -> int:
+def current_step(state: TrainState) -> int:
     return int(np.max(jax.device_get(state.step)))  # the seeds of a stacked state step together
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of a run, cycles unrolled.
+
+    `config` is the run's config with the stage's fields applied. `plan_seed` seeds its data order: the first
+    stage draws exactly as a run without stages would (`data_seed`), every later one (each cycle's included) its
+    own order.
+    """
+
+    index: int
+    name: str  # "" for a run without `stages`
+    config: Config
+    plan_seed: int
+
+
+def run_stages(config: Config) -> list[Stage]:
+    """The stages `config` trains, in order: its `stages` repeated `train.stage_cycles` times, or one stage of
+    its own settings when it has none."""
+    seed = data_seed(config.train)
+    if not config.stages:
+        return [Stage(0, "", config, seed)]
+    stages = list(zip(stage_names(config), config.stages)) * config.train.stage_cycles
+    return [Stage(k, name, resolve_stage(config, stage),
+                  seed if k == 0 else int(np.random.SeedSequence([seed, k]).generate_state(1)[0]))
+            for k, (name, stage) in enumerate(stages)]
 
 
 class SeedRuns:
@@ -244,6 +286,7 @@ class SeedRuns:
 
     def __init__(self, config: Config, store: CheckpointStore):
         self.stacked = config.train.seeds > 1
+        self.out = Path(config.out)
         self.configs = seed_configs(config) if self.stacked else [config]
         self.store = store
         self.best_stores = [CheckpointStore(Path(c.out) / "checkpoints") for c in self.configs] if self.stacked \
@@ -260,16 +303,29 @@ class SeedRuns:
         return [c.train.seed for c in self.configs]
 
     def progress(self, position: dict[str, int]) -> dict[str, Any]:
-        """What a checkpoint records beside the state: the loop position and every seed's record, in one mapping
-        for a single-seed run, as a list under `seeds` for a vmapped one."""
+        """What a checkpoint records beside the state: the loop position (stage, epoch, step in it) and every
+        seed's record, in one mapping for a single-seed run, as a list under `seeds` for a vmapped one."""
         return {**position, "seeds": self.records} if self.stacked else {**position, **self.records[0]}
 
     def resume(self, progress: dict[str, Any]) -> dict[str, int]:
         """Takes the records of a checkpoint's `progress`; returns its loop position."""
-        position = {key: progress[key] for key in ("epoch", "step_in_epoch")}
+        saved = len(progress["seeds"]) if "seeds" in progress else 1
+        if saved != len(self.configs):
+            raise ValueError(f"--resume: the checkpoint in {self.out / 'checkpoints'} holds {saved} seed(s), this run "
+                             f"trains {len(self.configs)} (train.seeds, train.vmap_seeds): resume with the settings "
+                             "it was started with, or train into another out folder")
+        position = {"stage": progress.get("stage", 0), "epoch": progress["epoch"],
+                    "step_in_epoch": progress["step_in_epoch"]}
         self.records = progress["seeds"] if self.stacked else [
             {k: v for k, v in progress.items() if k not in position}]
         return position
+
+    def rewrite_metrics(self) -> None:
+        """Each seed's `metrics.jsonl` from its record. The checkpoint's history is the record: a run stopped
+        between a checkpoint and its line loses no line."""
+        for single, record in zip(self.configs, self.records):
+            (Path(single.out) / "metrics.jsonl").write_text(
+                "".join(json.dumps(entry) + "\n" for entry in record["history"]))
 
     def seed_tree(self, tree: Any, k: int) -> Any:
         return seed_slice(tree, k) if self.stacked else tree
@@ -285,42 +341,48 @@ class SeedRuns:
                 writer.add_scalar(f"train/{name}", value, step)
         return " ".join(losses)
 
-    def end_epoch(self, evaluations: list[tuple[dict, dict]], state, epoch: int, examples_per_sec: float,
-                  log: Callable[[str], None]) -> dict[str, int]:
-        """Records each seed's dev metrics (`evaluate` of the state) after 1-based `epoch`, checkpoints (the latest
-        state, each improved seed's best) and writes its metrics; returns the loop position."""
-        position, improved = {"epoch": epoch, "step_in_epoch": 0}, []
+    def end_epoch(self, evaluations: list[tuple[dict, dict]], state: TrainState, stage: Stage,
+                  position: dict[str, int], examples_per_sec: float, log: Callable[[str], None]) -> None:
+        """Records each seed's dev metrics (`evaluate` of the state) after an epoch of `stage`, checkpoints (the
+        latest state at `position`, each improved seed's best) and writes its metrics."""
+        improved, step = [], current_step(state)
         for record, (dev, _) in zip(self.records, evaluations):
             score = dev_score(dev)
-            record["history"].append({"epoch": epoch, "step": current_step(state), "dev": dev,
-                                      "train_examples_per_sec": examples_per_sec})
-            improved.append(score > record["best_score"])
-            record.update(best_score=max(score, record["best_score"]), score=score)
+            entry = {"epoch": len(record["history"]) + 1,  # epochs count on across stages
+                     "step": step, "dev": dev, "train_examples_per_sec": examples_per_sec}
+            if stage.name:
+                entry.update(stage=stage.index, stage_name=stage.name, stage_epoch=position["epoch"])
+            record["history"].append(entry)
+            # With no score to select by, no best checkpoint is kept and the final evaluation uses the latest state.
+            improved.append(score is not None and score > record["best_score"])
+            record.update(best_score=score if improved[-1] else record["best_score"], score=score)
         items = state.checkpoint_items()
         self.store.save(items, self.progress(position))
+        stage_label = f"stage {stage.name}: " if stage.name else ""
         for k, (single, record, writer) in enumerate(zip(self.configs, self.records, self.writers)):
             if improved[k]:
                 self.best_stores[k].save_best(self.seed_tree(items, k), {**position, **record})
+            entry = record["history"][-1]
             with open(Path(single.out) / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record["history"][-1]) + "\n")
-            dev = record["history"][-1]["dev"]
-            for task, metrics in dev.items():
+                f.write(json.dumps(entry) + "\n")
+            for task, metrics in entry["dev"].items():
                 for name, value in (metrics.items() if isinstance(metrics, dict) else [("", metrics)]):
-                    writer.add_scalar(f"dev/{task}{'/' + name if name else ''}", value, epoch)
-            log(f"{self.label(k)}epoch {epoch}: dev {json.dumps(dev)}{' (best)' if improved[k] else ''}")
-        return position
+                    writer.add_scalar(f"dev/{task}{'/' + name if name else ''}", value, entry["epoch"])
+            log(f"{self.label(k)}{stage_label}epoch {position['epoch']}: dev {json.dumps(entry['dev'])}"
+                f"{' (best)' if improved[k] else ''}")
 
     def label(self, k: int) -> str:
         return f"seed {self.seeds[k]} " if self.stacked else ""
 
-    def best_params(self, state) -> Any:
-        """Every seed's params from its best checkpoint (its latest if it has none), stacked like the state."""
-        params = []
+    def best_params(self, params: Any) -> Any:
+        """Every seed's params from its best checkpoint (`params`, its latest, if it has none), stacked like
+        `params`. Only the params are read: the best checkpoint may be an earlier stage's, with another optimizer."""
+        best_params = []
         for k, store in enumerate(self.best_stores):
-            items = self.seed_tree(state.checkpoint_items(), k)
-            best = store.restore(items, which="best")
-            params.append(best[0]["params"] if best else items["params"])
-        return stack_seeds(params) if self.stacked else params[0]
+            latest = self.seed_tree(params, k)
+            best = store.restore({"params": latest}, which="best", partial=True)
+            best_params.append(best[0]["params"] if best else latest)
+        return stack_seeds(best_params) if self.stacked else best_params[0]
 
     def close(self) -> None:
         for writer in self.writers:
@@ -340,7 +402,9 @@ class SeedRuns:
                 "config": to_dict(single), "steps": steps, "best_epoch": None, "wall_time_sec": None,
                 "metrics": {split: e[k][0] for split, e in evaluations.items() if e[k][0]}}
             if history:
-                results["best_epoch"] = max(history, key=lambda r: dev_score(r["dev"]))["epoch"]
+                scored = [r for r in history if dev_score(r["dev"]) is not None]
+                results["best_epoch"] = (max(scored, key=lambda r: dev_score(r["dev"])) if scored
+                                         else history[-1])["epoch"]
                 plot_curves(history, out / "dev_curves.png")
             write_predictions(out, data, {split: e[k][1] for split, e in evaluations.items()})
             results["wall_time_sec"] = time.time() - start_time  # a vmapped run's seeds share its wall time
@@ -351,9 +415,124 @@ class SeedRuns:
         return by_seed
 
 
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What every stage of a run shares: the model, the data and devices, and where results go."""
+
+    config: Config
+    model: MultitaskBert
+    data: dict[str, dict[str, data_lib.Encoded]]
+    predictors: dict[str, Callable]
+    mesh: Mesh
+    seed_runs: SeedRuns  # the run's latest checkpoint, and each seed's records, best checkpoint and writer
+    base_key: jax.Array  # dropout keys fold in the global step, so they never repeat across stages; [seeds] stacked
+    log: Callable[[str], None]
+    # Optimizer and jitted step of each entry of `config.stages`, built once: every cycle reuses them.
+    steps: dict[int, tuple[optax.GradientTransformation, Callable]] = dataclasses.field(default_factory=dict)
+
+
+def frozen_params(run_tasks: list[str], config: Config, params: Any) -> set[str]:
+    """The top-level params a stage leaves exactly where they are: the encoder when it is frozen, and the
+    heads and PALs of the run's tasks the stage does not train (which weight decay would otherwise shrink)."""
+    left_out = [task for task in run_tasks if task not in config.tasks]
+    frozen = {"bert"} if config.model.freeze_encoder else set()
+    return frozen | {name for task in left_out for name in (task, f"pal_{task}") if name in params}
+
+
+def stage_step(run: Run, stage: Stage, params: Any,
+               total_steps: int) -> tuple[optax.GradientTransformation, Callable]:
+    """The stage's optimizer (its learning rate and schedule laid out over its `total_steps`, its frozen params
+    left alone) and its jitted train step (its tasks, loss combination, surgery, frozen encoder or not; vmapped
+    over the seeds of a stacked run, whose `base_key` is a stack of keys)."""
+    entry = stage.index % max(len(run.config.stages), 1)
+    if entry not in run.steps:
+        config, t = stage.config, stage.config.train
+        tx = make_optimizer(t.lr, max(total_steps, 1), warmup_ratio=t.warmup_ratio, schedule=t.schedule,
+                            weight_decay=t.weight_decay, clip_norm=t.clip_norm, eps=t.eps)
+        frozen = frozen_params(run.config.tasks, config, params)
+        if frozen:
+            tx = partly_frozen_optimizer(tx, params, frozen)
+        model = run.model.clone(freeze_encoder=config.model.freeze_encoder)
+        train_step = make_train_step(model, tx, run.base_key, t.loss_combination, t.loss_weights, t.surgery,
+                                     objective_from_config(config), t.gradvac_beta, t.accumulation_steps)
+        run.steps[entry] = tx, jit_train_step(train_step, run.mesh)
+    return run.steps[entry]
+
+
+def run_stage(run: Run, stage: Stage, params: Any, start_step: jax.Array, position: dict[str, int],
+              resume: bool) -> TrainState:
+    """Trains `stage` from `position` in it (its epoch, and the step within that epoch), with a dev evaluation,
+    a `metrics.jsonl` record and checkpoints after every epoch.
+
+    The stage starts from `params` (encoder and heads) and the global `start_step` of the stage before, with a new
+    optimizer state and a new `TrainState.extra`: its learning rate and schedule are laid out over its own steps,
+    and AdamW's moments and GradVac's or SMART's running values belong to the objective and parameters they
+    were gathered for. With `resume`, the state is the latest checkpoint's, which this stage wrote. In a vmapped
+    multi-seed run `params` and `start_step` are stacked over the seeds, and so is the state.
+    """
+    config, t, seed_runs = stage.config, stage.config.train, run.seed_runs
+    train = {task: splits["train"] for task, splits in run.data.items() if task in config.tasks}
+    epoch_steps = steps_in_run(config, train)
+    total_steps = sum(epoch_steps)
+    if t.batch_size % (t.accumulation_steps * run.mesh.devices.size):
+        raise ValueError(f"train.batch_size {t.batch_size} is not divisible by train.accumulation_steps "
+                         f"{t.accumulation_steps} × the {run.mesh.devices.size} devices (each device's micro-batch)")
+    tx, train_step = stage_step(run, stage, params, total_steps)
+
+    def initial_state(params):
+        extra = initial_extra(params, len(config.tasks), t.surgery, objective_from_config(config))
+        return create_train_state(params, tx, extra)
+
+    state = jax.vmap(initial_state)(params) if seed_runs.stacked else initial_state(params)
+    state = replicate(state.replace(step=start_step), run.mesh)
+    label = f"stage {stage.name}: " if stage.name else ""
+    if resume:
+        items, _ = seed_runs.store.restore(state.checkpoint_items())
+        state = replicate(state.replace(**items), run.mesh)
+        run.log(f"resumed from step {current_step(state)} ({label}epoch {position['epoch'] + 1}, "
+                f"step {position['step_in_epoch']} of it)")
+
+    num_seeds = len(seed_runs.seeds) if seed_runs.stacked else None
+    for epoch in range(position["epoch"], t.epochs):
+        if epoch_steps[epoch] == 0:
+            break
+        plan = plan_for(config, train, epoch, stage.plan_seed)[:epoch_steps[epoch]]
+        first = position["step_in_epoch"] if epoch == position["epoch"] else 0
+        bar = tqdm(range(first, len(plan)), desc=f"{label}epoch {epoch + 1}/{t.epochs}", initial=first,
+                   total=len(plan), dynamic_ncols=True, disable=None)
+        examples, tick = 0, time.time()
+        device_batches = prefetch(shard_batch(step_batches(train, plan[i], config.data.buckets), run.mesh)
+                                  for i in range(first, len(plan)))
+        for i, batches in zip(bar, device_batches):
+            state, step_metrics = train_step(state, batches)
+            examples += sum(len(b["input_ids"]) for b in batches.values())
+            step = i + 1
+            if step % t.log_every == 0 or step == len(plan):
+                rate = examples / max(time.time() - tick, 1e-9)
+                loss = seed_runs.log_step(step_metrics, rate, current_step(state))
+                bar.set_postfix(loss=loss, ex_s=f"{rate:.0f}")
+                done = sum(epoch_steps[:epoch]) + step
+                if bar.disable:  # no terminal (a log file, CI): the same figures as plain lines
+                    eta = (total_steps - done) * (time.time() - tick) / max(step - first, 1)
+                    run.log(f"{label}step {done}/{total_steps} loss {loss} "
+                            f"{rate:.0f} examples/s, ETA {eta / 60:.1f} min (this epoch's rate)")
+            if t.checkpoint_every and step % t.checkpoint_every == 0 and step < len(plan):
+                seed_runs.store.save(state.checkpoint_items(), seed_runs.progress(
+                    {"stage": stage.index, "epoch": epoch, "step_in_epoch": step}))
+        bar.close()
+        evaluations = evaluate(run.data, run.predictors, state.params, run.mesh, config, "dev", num_seeds)
+        seed_runs.end_epoch(evaluations, state, stage, {"stage": stage.index, "epoch": epoch + 1, "step_in_epoch": 0},
+                            examples / max(time.time() - tick, 1e-9), run.log)
+    return state
+
+
 def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> dict[Any, Any]:
-    """Runs (or resumes) the whole job and returns the contents of `results.json`; for several seeds
-    `{seed: contents of its results.json}`."""
+    """Runs (or resumes) the whole job, stage after stage, and returns the contents of `results.json`; for
+    several seeds `{seed: contents of its results.json}`.
+
+    Params (encoder and heads) and the step count carry from stage to stage; the best checkpoint is chosen
+    over every epoch of every stage.
+    """
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
@@ -367,87 +546,43 @@ def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> di
         return by_seed
     start_time = time.time()
     stacked = t.seeds > 1  # and vmapped: the state is stacked over the seeds
+    seeds = list(range(t.seed, t.seed + t.seeds))
 
-    model, params, vocab = build_model(config, log, list(range(t.seed, t.seed + t.seeds)) if stacked else None)
+    model, params, vocab = build_model(config, log, seeds if stacked else None)
     tokenizer = BertTokenizer(vocab)
     data = data_lib.load_task_data(
         config.tasks, ("train", "dev", "test"), config.data.data_dir, config.data.files, tokenizer,
         max_length=config.data.max_length, source=config.data.source,
         pair_encoding={"para": config.heads.para_encoding, "sts": config.heads.sts_encoding},
         prompt={"para": config.heads.para_prompt}, cache_dir=config.data.cache_dir, log=log)
-    train = {task: splits["train"] for task, splits in data.items()}
-    epoch_steps = steps_in_run(config, train)
-    total_steps = sum(epoch_steps)
-    tx = make_optimizer(t.lr, max(total_steps, 1), warmup_ratio=t.warmup_ratio, schedule=t.schedule,
-                        weight_decay=t.weight_decay, clip_norm=t.clip_norm, eps=t.eps)
-    if config.model.freeze_encoder:
-        tx = frozen_encoder_optimizer(tx, params)
     mesh = data_mesh()
-    if t.batch_size % mesh.devices.size:
-        raise ValueError(f"train.batch_size {t.batch_size} is not divisible by the {mesh.devices.size} devices")
-    objective = objective_from_config(config)
-
-    def initial_state(params):
-        return create_train_state(params, tx, initial_extra(params, len(config.tasks), t.surgery, objective))
-
-    state = replicate(jax.vmap(initial_state)(params) if stacked else initial_state(params), mesh)
-    del params
-
-    store = CheckpointStore(out / "checkpoints")
-    runs = SeedRuns(config, store)
-    position = {"epoch": 0, "step_in_epoch": 0}
-    if config.resume:
-        restored = store.restore(state.checkpoint_items())
-        if restored is not None:
-            items, progress = restored
-            position = runs.resume(progress)
-            state = replicate(state.replace(**items), mesh)
-            log(f"resumed from step {current_step(state)} (epoch {position['epoch'] + 1}, "
-                f"step {position['step_in_epoch']} of it)")
-        else:
-            log(f"--resume: no checkpoint in {out / 'checkpoints'}, starting fresh")
-
-    base_key = jnp.stack([dropout_base_key(s) for s in runs.seeds]) if stacked else dropout_base_key(t.seed)
-    train_step = jit_train_step(
-        make_train_step(model, tx, base_key, t.loss_combination, t.loss_weights, t.surgery, objective, t.gradvac_beta),
-        mesh)
+    seed_runs = SeedRuns(config, CheckpointStore(out / "checkpoints"))
     predictors = {task: jit_predict_step(make_predict_step(model, task, seed_axis=stacked), mesh)
                   for task in config.tasks}
-    num_seeds = len(runs.seeds) if stacked else None
+    base_key = jnp.stack([dropout_base_key(s) for s in seeds]) if stacked else dropout_base_key(t.seed)
+    run = Run(config, model, data, predictors, mesh, seed_runs, base_key, log)
 
-    for epoch in range(position["epoch"], t.epochs):
-        if epoch_steps[epoch] == 0:
-            break
-        plan = plan_for(config, train, epoch)[:epoch_steps[epoch]]
-        first = position["step_in_epoch"] if epoch == position["epoch"] else 0
-        bar = tqdm(range(first, len(plan)), desc=f"epoch {epoch + 1}/{t.epochs}", initial=first, total=len(plan),
-                   dynamic_ncols=True, disable=None)
-        examples, tick = 0, time.time()
-        for i in bar:
-            batches = step_batches(train, plan[i], config.data.buckets)
-            state, step_metrics = train_step(state, shard_batch(batches, mesh))
-            examples += sum(len(b["labels"]) for b in batches.values())
-            step = i + 1
-            if step % t.log_every == 0 or step == len(plan):
-                rate = examples / max(time.time() - tick, 1e-9)
-                global_step = current_step(state)
-                loss = runs.log_step(step_metrics, rate, global_step)
-                bar.set_postfix(loss=loss, ex_s=f"{rate:.0f}")
-                if bar.disable:  # no terminal (a log file, CI): the same figures as plain lines
-                    eta = (total_steps - global_step) * (time.time() - tick) / max(step - first, 1)
-                    log(f"step {global_step}/{total_steps} loss {loss} "
-                        f"{rate:.0f} examples/s, ETA {eta / 60:.1f} min (this epoch's rate)")
-            if t.checkpoint_every and step % t.checkpoint_every == 0 and step < len(plan):
-                store.save(state.checkpoint_items(), runs.progress({"epoch": epoch, "step_in_epoch": step}))
-        bar.close()
-        evaluations = evaluate(data, predictors, state.params, mesh, config, "dev", num_seeds)
-        position = runs.end_epoch(evaluations, state, epoch + 1, examples / max(time.time() - tick, 1e-9), log)
+    position, resume = {"stage": 0, "epoch": 0, "step_in_epoch": 0}, False
+    if config.resume:
+        saved = seed_runs.store.progress()
+        if saved is None:
+            log(f"--resume: no checkpoint in {out / 'checkpoints'}, starting fresh")
+        else:
+            position, resume = seed_runs.resume(saved), True
+    seed_runs.rewrite_metrics()
+    # Replicated once, so placing them in each stage's state copies nothing.
+    params, step = replicate(params, mesh), jnp.zeros((len(seeds),) if stacked else (), jnp.int32)
+    for stage in run_stages(config)[position["stage"]:]:
+        state = run_stage(run, stage, params, step, position, resume)
+        params, step, resume = state.params, state.step, False
+        del state  # its optimizer state belonged to the stage that ended
+        position = {"stage": stage.index + 1, "epoch": 0, "step_in_epoch": 0}
 
-    best_params = replicate(runs.best_params(state), mesh)
-    runs.close()
-    evaluations = {split: evaluate(data, predictors, best_params, mesh, config, split, num_seeds)
+    best_params = replicate(seed_runs.best_params(params), mesh)
+    seed_runs.close()
+    evaluations = {split: evaluate(data, predictors, best_params, mesh, config, split, len(seeds) if stacked else None)
                    for split in ("dev", "test")}
-    by_seed = runs.write_results(data, evaluations, current_step(state), start_time, log)
+    by_seed = seed_runs.write_results(data, evaluations, int(np.max(jax.device_get(step))), start_time, log)
     if stacked:
         log_seed_summary(by_seed, log)
         return by_seed
@@ -456,6 +591,7 @@ def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> di
 
 def log_seed_summary(by_seed: dict[int, dict[str, Any]], log: Callable[[str], None]) -> None:
     scores = [dev_score(r["metrics"]["dev"]) for r in by_seed.values() if r["metrics"].get("dev")]
+    scores = [s for s in scores if s is not None]
     if scores:
         log(f"{len(by_seed)} seeds {min(by_seed)}-{max(by_seed)}: best dev score {np.mean(scores):.4f} "
             f"± {np.std(scores, ddof=1) if len(scores) > 1 else 0.0:.4f} (mean ± sample std), "

@@ -28,9 +28,13 @@ def test_tiny_run_writes_every_row(tmp_path):
     # Unoptimized XLA code generation halves the step's compilation, which is most of what this test waits for.
     env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
     subprocess.run([sys.executable, "benchmarks/bench_step.py", "--model", "tiny", "--batch", "2", "--seq", "8",
-                    "--steps", "1", "--warmup", "1", "--rows", "jax,jax-vmap2,torch,input", "--in-process", "--cpus",
-                    "1", "--out", str(out)], cwd=ROOT, env=env, check=True, capture_output=True)
+                    "--steps", "1", "--warmup", "1", "--rows", "jax,jax-vmap2,torch,input", "--in-process", "--cpus", "1",
+                    "--accumulation", "2", "--remat", "--attention", "xla", "--attention-dropout", "0",
+                    "--out", str(out)], cwd=ROOT, env=env, check=True, capture_output=True)
     report = json.loads(out.read_text())
+    assert {k: report["settings"][k] for k in ("accumulation", "remat", "attention", "attention_dropout")} == \
+        {"accumulation": 2, "remat": True, "attention": "xla", "attention_dropout": 0.0}
+    assert report["model_config"]["attention_probs_dropout_prob"] == 0.0
     rows = {r["row"]: r for r in report["rows"]}
     assert list(rows) == ["jax", "jax-vmap2", "torch", "input"]
     assert not [r["error"] for r in rows.values() if "error" in r]
@@ -104,6 +108,8 @@ def test_model_flops_is_six_n_tokens_plus_attention(bench):
     (["--model", "tiny", "--seq", "600"], "exceeds the 512 positions"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--cpus", "0"], "--cpus must be in"),
+    (["--batch", "8", "--accumulation", "3"], "--accumulation 3 must be a positive divisor of --batch 8"),
+    (["--attention-dropout", "1"], "--attention-dropout must be in"),
 ])
 def test_bad_arguments_name_the_flag(bench, argv, message):
     with pytest.raises(ValueError, match=message):
@@ -115,3 +121,11 @@ def test_bf16_peak_matches_the_device_kind(bench):
     assert bench.bf16_peak("NVIDIA H200") == 989e12
     assert bench.bf16_peak("NVIDIA H100 PCIe") == 756e12
     assert bench.bf16_peak("cpu") is None
+
+
+def test_variant_names_the_step_options(bench):
+    settings = bench.resolve(bench.parse_args(["--batch", "8"]), bench.CPU_DEFAULTS)
+    assert bench.variant(settings) == ""
+    settings = bench.resolve(bench.parse_args(["--batch", "8", "--accumulation", "4", "--remat", "--attention",
+                                               "cudnn", "--attention-dropout", "0"]), bench.CPU_DEFAULTS)
+    assert bench.variant(settings) == "-acc4-remat-cudnn-adrop0.0"

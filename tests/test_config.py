@@ -1,11 +1,13 @@
 """Strict typed configs: YAML files, `base:` inheritance and command-line overrides."""
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from jaxbert.config import Config, ConfigError, load_config, parse_overrides, save_config
+from jaxbert.config import (Config, ConfigError, StageConfig, load_config, parse_overrides, resolve_stage, save_config,
+                            stage_names)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -47,7 +49,7 @@ def test_saved_config_reloads_identically(tmp_path):
     ("train:\n  lr: [1]\n", "train.lr: expected a number"),
     ("model: 3\n", "model: expected a mapping"),
     ("train:\n  sampler: random\n", "train.sampler is 'random'; allowed: roundrobin"),
-    ("tasks: [sst, nli]\n", "tasks ['sst', 'nli'] must be a non-empty subset"),
+    ("tasks: [sst, mnli]\n", "tasks ['sst', 'mnli'] must be a non-empty subset"),
     ("heads:\n  sts_encoding: cross\n", "heads.sts_head must be 'linear'"),
     ("data:\n  buckets: [32, 64]\n", "must include data.max_length 128"),
 ])
@@ -93,6 +95,102 @@ def test_method_flags_and_their_errors():
     with pytest.raises(ConfigError, match="losses.sst is 'focal'"):
         load_config(None, parse_overrides(["--losses.sst=focal"]))
     with pytest.raises(ConfigError, match="losses.simcse_tasks"):
-        load_config(None, parse_overrides(["--simcse-tasks=sst,nli"]))
+        load_config(None, parse_overrides(["--simcse-tasks=sst,mnli"]))
     with pytest.raises(ConfigError, match="train.surgery 'pcgrad'.*balanced"):
         load_config(None, parse_overrides(["--pcgrad", "--loss-combination=balanced"]))
+
+
+def test_speed_options_and_their_errors():
+    config = load_config(None, parse_overrides(["--accumulation-steps=4", "--remat", "--attention=xla",
+                                                "--batch-size=32"]))
+    assert (config.train.accumulation_steps, config.model.remat, config.model.attention) == (4, True, "xla")
+    assert (Config().train.accumulation_steps, Config().model.remat, Config().model.attention) == (1, False, "auto")
+    with pytest.raises(ConfigError, match="train.accumulation_steps 3 must be a positive divisor of "
+                                          "train.batch_size 32"):
+        load_config(None, parse_overrides(["--accumulation-steps=3", "--batch-size=32"]))
+    with pytest.raises(ConfigError, match="train.accumulation_steps 0"):
+        load_config(None, parse_overrides(["--accumulation-steps=0"]))
+    with pytest.raises(ConfigError, match="'balanced'.*train.accumulation_steps 1"):
+        load_config(None, parse_overrides(["--accumulation-steps=2", "--loss-combination=balanced"]))
+    with pytest.raises(ConfigError, match="model.attention is 'flash'; allowed: auto, xla, cudnn"):
+        load_config(None, parse_overrides(["--attention=flash"]))
+
+
+STAGED = """\
+tasks: [sst, para, sts]
+train:
+  lr: 2.0e-5
+  epochs: 3
+  loss_combination: weights
+  loss_weights: {sst: 1.0, para: 2.0, sts: 3.0}
+  stage_cycles: 2
+stages:
+  - name: heads
+    freeze_encoder: true
+    lr: 1.0e-3
+    epochs: 1
+  - tasks: [sts]
+    sampler: sequential
+"""
+
+
+def test_stages_inherit_what_they_leave_unset(tmp_path):
+    config = load_config(write(tmp_path / "staged.yaml", STAGED))
+    assert config.stages == [StageConfig(name="heads", freeze_encoder=True, lr=1e-3, epochs=1),
+                             StageConfig(tasks=["sts"], sampler="sequential")]
+    assert stage_names(config) == ["heads", "stage2"]
+    heads, sts = (resolve_stage(config, stage) for stage in config.stages)
+    assert heads.model.freeze_encoder and heads.train.lr == 1e-3 and heads.train.epochs == 1
+    assert heads.tasks == ["sst", "para", "sts"] and heads.train.sampler == "roundrobin"
+    assert heads.train.loss_weights == {"sst": 1.0, "para": 2.0, "sts": 3.0}
+    assert not sts.model.freeze_encoder and sts.train.lr == 2e-5 and sts.train.epochs == 3
+    assert sts.tasks == ["sts"] and sts.train.sampler == "sequential" and sts.train.loss_weights == {"sts": 3.0}
+    assert heads.stages == [] and heads.train.stage_cycles == 1  # a resolved stage is a single-stage run
+    assert config.train.lr == 2e-5 and config.stages[0].lr == 1e-3  # resolving copies, the run keeps its own
+
+
+def test_staged_config_reloads_identically(tmp_path):
+    config = load_config(write(tmp_path / "staged.yaml", STAGED), {"train.seed": "3"})
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+
+
+@pytest.mark.parametrize("text, message", [
+    ("stages:\n  - name: a\n  - lrr: 1.0\n", "unknown config key 'stages[1].lrr'"),
+    ("stages:\n  - name: a\n  - lr: fast\n", "stages[1].lr: expected a number, got 'fast'"),
+    ("stages:\n  - freeze_encoder: maybe\n", "stages[0].freeze_encoder: expected true or false"),
+    ("stages: [3]\n", "stages[0]: expected a mapping of StageConfig fields, got 3"),
+    ("stages: {name: a}\n", "stages: expected a list"),
+])
+def test_bad_stage_key_or_type_names_file_index_and_key(tmp_path, text, message):
+    path = write(tmp_path / "bad.yaml", text)
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("stages:\n  - name: a\n  - sampler: random\n", "stages[1].sampler is 'random'; allowed: roundrobin"),
+    ("stages:\n  - surgery: pcgard\n", "stages[0].surgery is 'pcgard'; allowed: none, pcgrad"),
+    ("tasks: [sst, sts]\nstages:\n  - tasks: [para]\n",
+     "stages[0].tasks ['para'] must be a non-empty subset of the run's tasks ['sst', 'sts']"),
+    ("stages:\n  - tasks: []\n", "stages[0].tasks [] must be a non-empty subset"),
+    ("stages:\n  - name: a\n  - {name: b, epoch_length: steps}\n",
+     "stages[1] (b): train.epoch_length 'steps' needs train.steps_per_epoch"),
+    ("stages:\n  - {surgery: pcgrad, loss_combination: balanced}\n",
+     "stages[0] (stage1): train.surgery 'pcgrad' combines raw task gradients"),
+    ("stages:\n  - name: a\n  - name: a\n", "stage names must differ from each other, got ['a', 'a']"),
+    ("stages:\n  - name: a\ntrain:\n  stage_cycles: 0\n", "train.stage_cycles must be at least 1, got 0"),
+    ("train:\n  stage_cycles: 2\n", "without stages it must be 1, got 2"),
+])
+def test_bad_stage_value_names_index_and_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(write(tmp_path / "bad.yaml", text))
+
+
+def test_stages_on_the_command_line():
+    assert load_config(None, parse_overrides(["--stages="])).stages == []
+    with pytest.raises(ConfigError, match=re.escape("stages[0]: expected a mapping of StageConfig fields")):
+        load_config(None, parse_overrides(["--stages=heads"]))
+    with pytest.raises(ConfigError, match="train.stage_cycles: expected an integer"):
+        load_config(None, parse_overrides(["--stage-cycles=twice"]))

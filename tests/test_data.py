@@ -47,7 +47,8 @@ def quora(tmp_path):
 
 
 def test_task_specs():
-    assert set(TASKS) == {"sst", "cfimdb", "para", "sts"}
+    assert set(TASKS) == {"sst", "cfimdb", "para", "sts", "nli", "tweet"}
+    assert TASKS["nli"].is_triplet and TASKS["nli"].default_file("dev") is None
     assert TASKS["para"].is_pair and not TASKS["sst"].is_pair
     assert TASKS["para"].default_file("test") == "quora-test-student.csv"
     assert TASKS["cfimdb"].default_file("dev") == "ids-cfimdb-dev.csv"

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import TINY, random_batch
 from jaxbert.convert import load_hf_checkpoint, parameter_table
-from jaxbert.modeling import BertConfig, BertModel, explicit_attention
+from jaxbert.modeling import BertConfig, BertModel, Execution, explicit_attention
 from jaxbert.tokenization import BertTokenizer
 
 torch = pytest.importorskip("torch")
@@ -136,6 +136,90 @@ def test_fused_and_explicit_attention_agree():
     fused = jax.nn.dot_product_attention(q, k, v, mask=mask)
     explicit = explicit_attention(q, k, v, mask, jax.random.key(0), dropout_rate=0.0)
     np.testing.assert_allclose(explicit, fused, atol=1e-6)
+
+
+def test_lengths_masks_and_explicit_attention_agree():
+    """Right-padded masks given to the kernel as key lengths, as a boolean mask, and the explicit softmax: the same
+    contexts at every position, padded query rows included (they still attend to the real keys)."""
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.standard_normal((3, 7, 4, 8)), jnp.float32) for _ in range(3))
+    lengths = np.array([7, 4, 1], np.int32)
+    mask = jnp.asarray(np.arange(7)[None, :] < lengths[:, None])[:, None, None, :]
+    explicit = explicit_attention(q, k, v, mask, jax.random.key(0), dropout_rate=0.0)
+    by_lengths = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=jnp.asarray(lengths),
+                                              implementation="xla")
+    by_mask = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+    np.testing.assert_allclose(by_lengths, explicit, atol=1e-6)
+    np.testing.assert_allclose(by_mask, explicit, atol=1e-6)
+
+
+def encoder_outputs_and_grads(execution, ids, mask, types, config=BertConfig(**TINY)):
+    """The tiny encoder's outputs and its parameters' gradient of a weighted sum of them, under `execution`."""
+    model = BertModel(config, execution=execution)
+    params = BertModel(config).init(jax.random.key(0), ids, mask)["params"]
+    weights = np.random.default_rng(1).standard_normal((*ids.shape, config.hidden_size)).astype(np.float32)
+
+    def loss(p):
+        out = model.apply({"params": p}, ids, mask, types)
+        return jnp.sum(out["last_hidden_state"] * weights) + jnp.sum(out["pooler_output"]), out
+
+    grads, out = jax.grad(loss, has_aux=True)(params)
+    return out, grads
+
+
+def test_encoder_with_lengths_equals_encoder_with_mask():
+    ids, mask, types = random_batch(np.random.default_rng(0), TINY["vocab_size"], batch=4, seq=9)
+    assert mask.min() == 0
+    out_mask, grads_mask = encoder_outputs_and_grads(Execution("xla"), ids, mask, types)
+    out_lengths, grads_lengths = encoder_outputs_and_grads(Execution("xla", right_padded=True), ids, mask, types)
+    for a, b in zip(jax.tree.leaves((out_mask, grads_mask)), jax.tree.leaves((out_lengths, grads_lengths)),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_remat_changes_neither_outputs_nor_gradients():
+    """`nn.remat` recomputes each layer in the backward pass: same parameter tree, same numbers."""
+    ids, mask, types = random_batch(np.random.default_rng(0), TINY["vocab_size"], batch=4, seq=9)
+    out, grads = encoder_outputs_and_grads(Execution(), ids, mask, types)
+    out_remat, grads_remat = encoder_outputs_and_grads(Execution(remat=True), ids, mask, types)
+    assert jax.tree.structure(grads_remat) == jax.tree.structure(grads)
+    for a, b in zip(jax.tree.leaves((out, grads)), jax.tree.leaves((out_remat, grads_remat)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # The backward pass really recomputes: one `remat` per layer in the differentiated program, none without.
+    params = BertModel(BertConfig(**TINY)).init(jax.random.key(0), ids, mask)["params"]
+
+    def remats(execution):
+        model = BertModel(BertConfig(**TINY), execution=execution)
+        grad = jax.grad(lambda p: model.apply({"params": p}, ids, mask)["pooler_output"].sum())
+        return str(jax.make_jaxpr(grad)(params)).count("remat")
+
+    assert (remats(Execution()), remats(Execution(remat=True))) == (0, TINY["num_hidden_layers"])
+
+
+def test_auto_attention_picks_cudnn_only_where_it_applies(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    lengths = Execution(right_padded=True)
+    assert lengths.attention_kernel(jnp.bfloat16, 64) == "cudnn"
+    assert lengths.attention_kernel(jnp.float16, 32) == "cudnn"
+    assert lengths.attention_kernel(jnp.float32, 64) == "xla"  # cuDNN's kernel has no float32
+    assert lengths.attention_kernel(jnp.bfloat16, 17) == "xla"  # e.g. PALs of width 204 over 12 heads
+    assert Execution().attention_kernel(jnp.bfloat16, 64) == "xla"  # a mask would become a materialized bias
+    assert Execution("cudnn").attention_kernel(jnp.float32, 17) == "cudnn"  # an explicit choice is kept
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert lengths.attention_kernel(jnp.bfloat16, 64) == "xla"
+    with pytest.raises(ValueError, match="attention kernel 'flash'"):
+        Execution("flash")
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="the cuDNN attention kernel needs an NVIDIA GPU")
+def test_cudnn_attention_matches_explicit_in_bfloat16():
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.standard_normal((4, 64, 12, 64)), jnp.bfloat16) for _ in range(3))
+    lengths = np.array([64, 40, 17, 2], np.int32)
+    mask = jnp.asarray(np.arange(64)[None, :] < lengths[:, None])[:, None, None, :]
+    fused = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=jnp.asarray(lengths), implementation="cudnn")
+    explicit = explicit_attention(q, k, v, mask, jax.random.key(0), dropout_rate=0.0)
+    np.testing.assert_allclose(np.asarray(fused, np.float32), np.asarray(explicit, np.float32), atol=2e-2)
 
 
 def test_attention_dropout_path_is_used_in_training():

@@ -2,6 +2,7 @@
 layout both multi-seed modes write, an interrupted vmapped run resumed exactly, and the config errors."""
 
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -12,6 +13,7 @@ import train
 from jaxbert import checkpoint as checkpoint_lib
 from jaxbert.config import ConfigError, load_config, parse_overrides, to_dict
 from jaxbert.training import train_and_evaluate
+from test_stages import staged_config
 from test_training import ARGS, Interrupted, run_config
 from test_training import compilation_cache, workspace  # noqa: F401 (fixtures: the tiny BERT, fixture data, XLA cache)
 
@@ -165,3 +167,46 @@ def test_seed_flags_and_errors():
         load_config(None, parse_overrides(["--seeds=two"]))
     with pytest.raises(ConfigError, match="train.vmap_seeds: expected true or false"):
         load_config(None, parse_overrides(["--vmap-seeds=sometimes"]))
+
+
+def test_resume_with_another_seed_count_is_an_error(workspace, vmapped, tmp_path):  # noqa: F811
+    shutil.copytree(vmapped / "checkpoints", tmp_path / "checkpoints")
+    for seeds, trains in (("--seeds=3", 3), ("--seeds=1", 1)):
+        config = run_config(workspace, tmp_path, *EXTRA, seeds, "--vmap-seeds", "--resume")
+        with pytest.raises(ValueError, match=rf"checkpoints holds 2 seed\(s\), this run trains {trains} "):
+            train_and_evaluate(config, log=lambda _: None)
+
+
+HEADS_THEN_STS = """\
+stages:
+  - name: heads
+    freeze_encoder: true
+    lr: 1.0e-2
+    epochs: 1
+  - name: sts
+    tasks: [sts]
+    epochs: 1
+"""
+
+
+def test_vmapped_seeds_of_a_staged_run(workspace):  # noqa: F811
+    """Stages and vmapped seeds together: the second seed equals its own staged single-seed run."""
+    _, _, root = workspace
+    out = root / "staged_vmapped"
+    by_seed = train_and_evaluate(staged_config(workspace, out, HEADS_THEN_STS, *EXTRA, "--seeds=2", "--vmap-seeds"),
+                                 log=lambda _: None)
+    single = train_and_evaluate(staged_config(workspace, root / "staged_single4", HEADS_THEN_STS, *EXTRA, "--seed=4",
+                                              "--data-seed=3"), log=lambda _: None)
+    folder = out / "seed4"
+    stages = [(r["epoch"], r["stage"], r["stage_name"], r["stage_epoch"], r["step"])
+              for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())]
+    assert stages == [(1, 0, "heads", 1, 5), (2, 1, "sts", 1, 10)]
+    assert by_seed[4]["steps"] == single["steps"] == 10 and by_seed[4]["best_epoch"] == single["best_epoch"]
+    # After the STS stage the tiny model's Pearson correlation is near 0: an ulp of the scores moves it by ~1e-5
+    # absolute, which is no small fraction of it.
+    close = dict(rel=METRICS_RTOL, abs=1e-4)
+    assert flat(by_seed[4]["metrics"]) == pytest.approx(flat(single["metrics"]), **close)
+    assert flat(dev_history(folder)) == pytest.approx(flat(dev_history(single["config"]["out"])), **close)
+    assert_trees_close(restore(folder, "best")[0]["params"], restore(single["config"]["out"], "best")[0]["params"],
+                       **TOLERANCE)
+    assert by_seed[3]["metrics"] != by_seed[4]["metrics"]

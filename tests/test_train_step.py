@@ -18,15 +18,16 @@ from jaxbert.losses import combine_losses
 from jaxbert.modeling import BertConfig
 from jaxbert.optim import make_optimizer
 from jaxbert.gradients import gradvac, gradvac_init, pcgrad
-from jaxbert.train_step import (Objective, create_train_state, data_mesh, frozen_encoder_optimizer, initial_extra,
-                                jit_predict_step, jit_train_step, make_predict_step, make_train_step, replicate,
-                                seed_slice, shard_batch, stack_seeds, task_loss_fns)
+from jaxbert.train_step import (Objective, accumulate, create_train_state, data_mesh, initial_extra,
+                                jit_predict_step, jit_train_step, make_predict_step, make_train_step,
+                                partly_frozen_optimizer, replicate, seed_slice, shard_batch, stack_seeds,
+                                task_loss_fns)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_setup(heads=HeadSpec(), tasks=("sst", "para", "sts"), freeze=False):
-    config = BertConfig(**TINY)
+def tiny_setup(heads=HeadSpec(), tasks=("sst", "para", "sts"), freeze=False, **config_overrides):
+    config = BertConfig(**{**TINY, **config_overrides})
     model = MultitaskBert(config, tasks, heads, freeze)
     rng = np.random.default_rng(0)
     batches = {}
@@ -186,9 +187,10 @@ def test_unknown_surgery_is_an_error():
         make_train_step(model, optax.sgd(1.0), jax.random.key(0), surgery="pcgard")
 
 
-def test_seed_stacked_step_equals_separate_steps():
+@pytest.mark.parametrize("accumulation_steps", [1, 2])
+def test_seed_stacked_step_equals_separate_steps(accumulation_steps):
     """Two seeds (own params, own keys) stacked and stepped by the vmapped step = each stepped on its own,
-    GradVac's per-seed targets included; the vmapped predictions are each seed's."""
+    GradVac's per-seed targets included, gradient accumulation too; the vmapped predictions are each seed's."""
     model, params, batches = tiny_setup()
     seeds = [jax.tree.map(jnp.array, params), model.init(jax.random.key(5), "sst", batches["sst"])["params"]]
     seeds[1] = {**params, **{name: seeds[1][name] for name in ("sst", "bert")}}
@@ -199,7 +201,8 @@ def test_seed_stacked_step_equals_separate_steps():
         return create_train_state(jax.tree.map(jnp.array, p), tx, initial_extra(p, 3, "gradvac", Objective()))
 
     def run(state, key):
-        step = jit_train_step(make_train_step(model, tx, key, surgery="gradvac", gradvac_beta=0.5), mesh)
+        step = jit_train_step(make_train_step(model, tx, key, surgery="gradvac", gradvac_beta=0.5,
+                                              accumulation_steps=accumulation_steps), mesh)
         for _ in range(2):
             state, metrics = step(state, shard_batch(batches, mesh))
         return state, metrics
@@ -227,12 +230,14 @@ def test_base_key_must_be_typed():
         make_train_step(model, optax.sgd(1.0), jax.random.split(jax.random.key(0), (2, 2)))
 
 
-def test_frozen_encoder_moves_heads_only():
+def test_frozen_params_stay_put():
+    """The frozen encoder and a frozen head do not move, weight decay included; the other head trains."""
     model, params, batches = tiny_setup(freeze=True)
-    tx = frozen_encoder_optimizer(make_optimizer(1e-3, 100, weight_decay=0.01), params)
+    tx = partly_frozen_optimizer(make_optimizer(1e-3, 100, weight_decay=0.01), params, {"bert", "para"})
     state, _ = run_steps(model, params, batches, tx, data_mesh())
-    for old, new in zip(jax.tree.leaves(params["bert"]), jax.tree.leaves(state.params["bert"])):
-        np.testing.assert_array_equal(old, new)
+    for name in ("bert", "para"):
+        for old, new in zip(jax.tree.leaves(params[name]), jax.tree.leaves(state.params[name])):
+            np.testing.assert_array_equal(old, new)
     assert not np.allclose(params["sst"]["kernel"], state.params["sst"]["kernel"])
 
 
@@ -258,3 +263,43 @@ def test_four_devices_match_one_device():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "max param difference" in result.stdout
+
+
+NO_DROPOUT = dict(heads=HeadSpec(dropout=0.0), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+@pytest.mark.parametrize("surgery", ["none", "pcgrad"])
+def test_accumulated_micro_batches_equal_the_full_batch_step(surgery):
+    """Without dropout, 4 micro-batches of 2 rows per task make the same update and report the same losses as
+    one batch of 8. With SGD(1) the update is the gradient itself; PCGrad must see each task's full-batch
+    gradient, or its projections (nonlinear in the gradients) would differ."""
+    model, params, batches = tiny_setup(**NO_DROPOUT)
+    tx, key = optax.sgd(1.0), jax.random.key(1)
+    results = {}
+    for steps in (1, 4):
+        state = create_train_state(jax.tree.map(jnp.array, params), tx)
+        step = jax.jit(make_train_step(model, tx, key, "sum", surgery=surgery, accumulation_steps=steps))
+        results[steps] = step(state, batches)
+    (full, full_metrics), (accumulated, accumulated_metrics) = results[1], results[4]
+    assert_tree_close(accumulated.params, full.params, atol=1e-6)
+    assert accumulated_metrics.keys() == full_metrics.keys()
+    for name in full_metrics:
+        np.testing.assert_allclose(accumulated_metrics[name], full_metrics[name], rtol=1e-5, err_msg=name)
+    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(params)))
+    assert moved > 1e-3  # the comparison is between real updates
+
+
+def test_micro_batch_m_takes_every_kth_row():
+    """Rows m, m + k, ... (not a contiguous block), so each device splits its own rows of a sharded batch; the
+    results are averaged over the micro-batches."""
+    rows = jnp.arange(8, dtype=jnp.float32)
+    mean = jax.jit(lambda b: accumulate(lambda micro, key: micro, b, jax.random.key(0), 4))({"t": {"x": rows}})
+    np.testing.assert_array_equal(mean["t"]["x"], [np.mean([0, 1, 2, 3]), np.mean([4, 5, 6, 7])])
+    with pytest.raises(ValueError, match="9 rows does not split into 4"):
+        accumulate(lambda micro, key: micro, {"t": {"x": jnp.arange(9.0)}}, jax.random.key(0), 4)
+
+
+def test_balanced_combination_cannot_accumulate():
+    model, _, _ = tiny_setup()
+    with pytest.raises(ValueError, match="'balanced'"):
+        make_train_step(model, optax.sgd(1.0), jax.random.key(0), "balanced", accumulation_steps=2)

@@ -79,13 +79,13 @@ ARGS = ["--epochs=2", "--batch-size=8", "--eval-batch-size=16", "--max-length=32
         "--lr=1e-3", "--log-every=1"]
 
 
-def run_config(workspace, out, *extra):
+def run_config(workspace, out, *extra, config_file=None):
     from jaxbert.config import parse_overrides
 
     bert, data, root = workspace
     argv = [f"--checkpoint={bert}", f"--data-dir={data}", f"--out={out}", f"--cache-dir={root / 'cache'}", *ARGS,
             *extra]
-    return load_config(None, parse_overrides(argv))
+    return load_config(config_file, parse_overrides(argv))
 
 
 def test_train_py_end_to_end(workspace):
@@ -178,3 +178,20 @@ def test_bad_data_errors_name_the_file(workspace, tmp_path):
     config.data.data_dir = str(broken)
     with pytest.raises(ValueError, match=r"sts-dev\.csv.*similarity"):
         train_and_evaluate(config, log=lambda _: None)
+
+
+def test_accumulation_and_remat_train_the_same_model(workspace):
+    """Without dropout, 2 micro-batches per step through rematerialized layers reach the parameters of the plain
+    run: the trainer wires `train.accumulation_steps` and `model.remat` into the step."""
+    _, _, root = workspace
+    no_dropout = ("--epochs=1", "--hidden-dropout=0", "--attention-dropout=0", "--heads.dropout=0")
+    plain = train_and_evaluate(run_config(workspace, root / "whole", *no_dropout), log=lambda _: None)
+    accumulated = train_and_evaluate(
+        run_config(workspace, root / "micro", *no_dropout, "--accumulation-steps=2", "--remat"), log=lambda _: None)
+    assert accumulated["config"]["train"]["accumulation_steps"] == 2 and accumulated["config"]["model"]["remat"]
+    assert accumulated["steps"] == plain["steps"] == 40 // 8
+    (a, _), (b, _) = latest_params(root / "whole"), latest_params(root / "micro")
+    worst = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
+                zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    print("largest parameter difference", worst)
+    assert worst < 1e-5
