@@ -4,6 +4,7 @@
     python train.py --config configs/cosine_heads.yaml --lr=3e-5 --out runs/cosine
     python train.py --tasks sst --epochs 3         # single-task sentiment
     python train.py --pcgrad --smart               # gradient surgery and SMART (also --gradvac, --cagrad, ...)
+    python train.py --seeds 4 --vmap-seeds         # seeds 0-3 in one program, into <out>/seed0/ ... <out>/seed3/
     python train.py --dtype=bfloat16 --attention-dropout=0 --accumulation-steps=2 --remat   # GPU speed and memory
 
 Any config field can be overridden as --section.key=value or, when unique, --key=value. See configs/default.yaml.

@@ -7,6 +7,10 @@ Rows (`--rows`, comma-separated; each runs in a fresh process so its compile tim
                  over the `data` mesh.
   jax-<surgery>  the same step with `make_train_step(..., surgery=<surgery>)`, e.g. `jax-pcgrad`.
   jax-smart      the plain step with SMART as `--smart` turns it on (`config.smart` defaults).
+  jax-vmap<N>    N seeds in one program, as `--seeds N --vmap-seeds` trains them: the plain step vmapped over a
+                 state stacked over N seeds (each its own init and dropout key), all on the same batches. Its
+                 examples/s count every seed's examples, so against the `jax` row it is the throughput of N
+                 seeds in one program over N runs one after another.
   torch          the same work in PyTorch: transformers' `BertModel` (SDPA attention), the same three heads
                  and losses, `torch.optim.AdamW` (fused on GPU), bf16 autocast when `--dtype bfloat16`.
   torch-compile  the `torch` row with the model and losses under `torch.compile`.
@@ -22,6 +26,7 @@ sequences). Timing: `--warmup` untimed calls (the first one, compile included, i
 
     python benchmarks/bench_step.py                                   # defaults for the backend found
     python benchmarks/bench_step.py --model bert-base --batch 32 --seq 128 --rows jax,jax-pcgrad,torch
+    python benchmarks/bench_step.py --rows jax,jax-vmap2,jax-vmap4              # seeds in one program
     python benchmarks/bench_step.py --rows jax,torch --attention-dropout 0 --attention cudnn
 """
 
@@ -34,6 +39,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -173,11 +179,12 @@ def measure(step: Callable[[], Any], sync: Callable[[Any], Any], warmup: int, st
     return times[0], times[warmup:]
 
 
-def timing_fields(settings: Settings, compile_s: float, times: list[float]) -> dict[str, Any]:
+def timing_fields(settings: Settings, compile_s: float, times: list[float], seeds: int = 1) -> dict[str, Any]:
+    """Timing statistics; a step that trains `seeds` models counts each one's examples and FLOPs."""
     q25, median, q75 = np.percentile(times, [25, 50, 75])
     return {"compile_s": compile_s, "step_ms": [1e3 * t for t in times], "step_ms_median": 1e3 * median,
-            "step_ms_iqr": 1e3 * (q75 - q25), "examples_per_s": len(TASKS) * settings.batch / median,
-            "tflops": model_flops(MODELS[settings.model], settings.batch, settings.seq) / median / 1e12}
+            "step_ms_iqr": 1e3 * (q75 - q25), "examples_per_s": seeds * len(TASKS) * settings.batch / median,
+            "tflops": seeds * model_flops(MODELS[settings.model], settings.batch, settings.seq) / median / 1e12}
 
 
 def peak_rss_bytes() -> int:
@@ -187,9 +194,10 @@ def peak_rss_bytes() -> int:
 # ----------------------------------------------------------------------------- JAX rows
 
 
-def jax_row(settings: Settings, surgery: str, smart: bool) -> dict[str, Any]:
+def jax_row(settings: Settings, surgery: str, smart: bool, seeds: int | None = None) -> dict[str, Any]:
     """The step as `jaxbert.training.train_and_evaluate` builds it, from the default `Config` with `surgery`
-    (and SMART when `smart`), on random params and one fixed set of batches."""
+    (and SMART when `smart`), on random params and one fixed set of batches. With `seeds`, the step of a vmapped
+    run of that many seeds (`--seeds N --vmap-seeds`), the first of which is the unstacked row's model."""
     import jax
     import jax.numpy as jnp
 
@@ -197,7 +205,7 @@ def jax_row(settings: Settings, surgery: str, smart: bool) -> dict[str, Any]:
     from jaxbert.optim import make_optimizer
     from jaxbert.train_step import create_train_state, data_mesh, initial_extra, jit_train_step, make_train_step, \
         replicate, shard_batch
-    from jaxbert.training import objective_from_config
+    from jaxbert.training import dropout_base_key, objective_from_config
 
     config = Config()
     config.train.surgery, config.smart.enabled, config.model.dtype = surgery, smart, settings.dtype
@@ -224,10 +232,14 @@ def jax_row(settings: Settings, surgery: str, smart: bool) -> dict[str, Any]:
             params.update(model.init(key, task, dummy)["params"])
         return create_train_state(params, tx, initial_extra(params, len(TASKS), t.surgery, objective))
 
-    state = replicate(initial_state(jax.random.key(settings.seed)), mesh)
-    num_params = sum(x.size for x in jax.tree.leaves(state.params))
-    base_key = jax.random.fold_in(jax.random.key(settings.seed), 1)
-    train_step = jit_train_step(make_train_step(model, tx, base_key, t.loss_combination, t.loss_weights, t.surgery,
+    if seeds is None:
+        state, key = initial_state(jax.random.key(settings.seed)), dropout_base_key(settings.seed)
+    else:
+        state = jax.vmap(initial_state)(jnp.stack([jax.random.key(settings.seed + k) for k in range(seeds)]))
+        key = jnp.stack([dropout_base_key(settings.seed + k) for k in range(seeds)])
+    state = replicate(state, mesh)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params)) // (seeds or 1)
+    train_step = jit_train_step(make_train_step(model, tx, key, t.loss_combination, t.loss_weights, t.surgery,
                                                 objective, t.gradvac_beta, t.accumulation_steps), mesh)
     batches = shard_batch(step_inputs(settings), mesh)  # resident: the step alone is timed, not the transfer
 
@@ -243,9 +255,11 @@ def jax_row(settings: Settings, surgery: str, smart: bool) -> dict[str, Any]:
     stats = device.memory_stats() or {}
     peak, source = ((stats["peak_bytes_in_use"], "device") if "peak_bytes_in_use" in stats
                     else (peak_rss_bytes(), "process RSS"))
+    loss = np.asarray(metrics["loss"]).tolist()  # one per seed for a stacked state
     return {"framework": "jax", "platform": device.platform, "device": device.device_kind,
-            "devices": mesh.devices.size, "params": int(num_params), "loss": float(metrics["loss"]),
-            "peak_memory_bytes": int(peak), "memory_source": source, **timing_fields(settings, compile_s, times)}
+            "devices": mesh.devices.size, "params": int(num_params), **({"seeds": seeds} if seeds else {}),
+            "loss": loss, "peak_memory_bytes": int(peak), "memory_source": source,
+            **timing_fields(settings, compile_s, times, seeds or 1)}
 
 
 # ----------------------------------------------------------------------------- PyTorch rows
@@ -360,15 +374,24 @@ def input_row(settings: Settings, repeats: int = 3) -> dict[str, Any]:
 
 
 def row_names() -> tuple[str, ...]:
+    """The rows but `jax-vmap<N>`."""
     from jaxbert.train_step import SURGERIES
 
     return ("jax", *(f"jax-{s}" for s in SURGERIES if s != "none"), "jax-smart", "torch", "torch-compile", "input")
 
 
+def vmap_seeds(name: str) -> int | None:
+    """N for a `jax-vmap<N>` row, else None."""
+    match = re.fullmatch(r"jax-vmap([1-9][0-9]*)", name)
+    return int(match.group(1)) if match else None
+
+
 def run_row(name: str, settings: Settings) -> dict[str, Any]:
     """One row's measurements, or the error that stopped it."""
     try:
-        if name.startswith("jax"):
+        if vmap_seeds(name):
+            result = jax_row(settings, "none", smart=False, seeds=vmap_seeds(name))
+        elif name.startswith("jax"):
             surgery = name.removeprefix("jax-") if name not in ("jax", "jax-smart") else "none"
             result = jax_row(settings, surgery, smart=name == "jax-smart")
         elif name.startswith("torch"):
@@ -444,7 +467,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ratios: dict[str, Any] = {}
     if plain:
         for name, r in by_name.items():
-            if name.startswith("jax-"):
+            if vmap_seeds(name):  # N seeds in one step against N plain steps one after another
+                ratios[f"{name}_over_sequential_throughput"] = vmap_seeds(name) * plain / r["step_ms_median"]
+            elif name.startswith("jax-"):
                 ratios[f"{name}_over_jax_step_time"] = r["step_ms_median"] / plain
         if "input" in by_name:
             ratios["input_batches_over_jax_steps"] = by_name["input"]["batches_per_s"] * plain / 1e3
@@ -489,6 +514,10 @@ def ratio_lines(ratios: dict[str, Any]) -> list[str]:
         elif key == "input_batches_over_jax_steps":
             verdict = "meets" if value >= INPUT_GOAL else "misses"
             lines.append(f"input pipeline / plain step rate: {value:.1f}× ({verdict} the goal ≥ {INPUT_GOAL:g}×)")
+        elif key.endswith("_over_sequential_throughput"):
+            n = vmap_seeds(key.removesuffix("_over_sequential_throughput"))
+            lines.append(f"{n} seeds vmapped in one step / {n} plain steps one after another: {value:.2f}× the "
+                         f"throughput")
         elif key.endswith("_over_jax_step_time"):
             lines.append(f"{key.removesuffix('_over_jax_step_time')} step / plain step: {value:.3f}×")
         else:
@@ -535,9 +564,10 @@ def resolve(args: argparse.Namespace, defaults: dict[str, Any]) -> Settings:
     """Fills the flags left out from `defaults` and checks them."""
     values = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
     rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
-    unknown = [r for r in rows if r not in row_names()]
+    unknown = [r for r in rows if r not in row_names() and not vmap_seeds(r)]
     if unknown:
-        raise ValueError(f"--rows: unknown row(s) {unknown}; choose from {', '.join(row_names())}")
+        raise ValueError(f"--rows: unknown row(s) {unknown}; choose from {', '.join(row_names())}, jax-vmap<N> "
+                         f"(N >= 1 seeds)")
     for name in ("batch", "seq", "steps", "warmup"):
         if values[name] < 1:
             raise ValueError(f"--{name} must be >= 1, got {values[name]}")

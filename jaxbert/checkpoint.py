@@ -36,11 +36,16 @@ class CheckpointStore:
             item_handlers=_item_handlers())
 
     def save(self, state: Any, progress: dict[str, Any], best: bool = False) -> None:
-        step = int(jax.device_get(state["step"]))
-        args = ocp.args.Composite(state=ocp.args.PyTreeSave(state), progress=ocp.args.JsonSave(progress))
-        self.latest.save(step, args=args, force=True)
+        """Saves `latest`, then `best` too when `best`."""
+        self.latest.save(_step(state), args=_save_args(state, progress), force=True)
         if best:
-            self.best.save(step, args=args, metrics={"score": float(progress["score"])}, force=True)
+            self.save_best(state, progress)
+
+    def save_best(self, state: Any, progress: dict[str, Any]) -> None:
+        """Saves `best` alone: a seed of a vmapped run keeps its best here, its latest state lives in the run's
+        stacked checkpoint."""
+        self.best.save(_step(state), args=_save_args(state, progress), metrics={"score": float(progress["score"])},
+                       force=True)
 
     def restore(self, abstract_state: Any, which: str = "latest",
                 partial: bool = False) -> tuple[Any, dict[str, Any]] | None:
@@ -81,3 +86,11 @@ class CheckpointStore:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def _step(state: Any) -> int:
+    return int(np.max(jax.device_get(state["step"])))  # a state stacked over seeds holds one step per seed, all equal
+
+
+def _save_args(state: Any, progress: dict[str, Any]) -> ocp.args.Composite:
+    return ocp.args.Composite(state=ocp.args.PyTreeSave(state), progress=ocp.args.JsonSave(progress))

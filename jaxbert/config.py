@@ -81,7 +81,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     clip_norm: float | None = None
     eps: float = 1e-6
-    seed: int = 0
+    seed: int = 0  # head initialization and dropout; the batch order too unless `data_seed`
+    seeds: int = 1  # train seeds seed, seed+1, ..., seed+N-1, each into <out>/seed<k>/ (`--seeds N`)
+    vmap_seeds: bool = False  # train the seeds in one program, vmapped over a seed axis (`--vmap-seeds`)
+    data_seed: int | None = None  # seed of the batch order (None: `seed`; in a vmapped run the first seed's)
     group_by_length: int = 0  # sort each run of N batches by length so batches pad little (0: off)
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
     log_every: int = 10
@@ -402,6 +405,8 @@ def validate(config: Config) -> None:
                           "take a cosine of)")
     if config.train.epoch_length == "steps" and not config.train.steps_per_epoch:
         raise ConfigError("train.epoch_length 'steps' needs train.steps_per_epoch")
+    if config.train.seeds < 1:
+        raise ConfigError(f"train.seeds must be at least 1, got {config.train.seeds}")
     if config.data.max_length not in config.data.buckets:
         raise ConfigError(f"data.buckets {config.data.buckets} must include data.max_length {config.data.max_length}")
     steps = config.train.accumulation_steps

@@ -2,13 +2,16 @@
 
 State is a pytree in and a new pytree out. Data parallelism is a `data` mesh axis: batches are sharded along
 it, the state is replicated, and `jax.jit` inserts the gradient all-reduce.
+
+Several seeds train in one program as one state stacked over a leading seed axis (`stack_seeds`): the step and
+the predictions are vmapped over it, every seed on the same batches with its own dropout and surgery keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from typing import Any, Callable, Collection
+from typing import Any, Callable, Collection, Sequence
 
 import flax.struct
 import jax
@@ -221,6 +224,16 @@ def accumulate(gradients_of: Callable[[Batches, jax.Array], Any], batches: Batch
 SURGERIES = ("none", "pcgrad", "pcgrad_two_updates", "gradvac", "cagrad", "mgda", "imtl_g")
 
 
+def stack_seeds(trees: Sequence[Any]) -> Any:
+    """One pytree per seed → one pytree whose leaves have a leading seed axis `[seeds, ...]`."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def seed_slice(tree: Any, k: int) -> Any:
+    """The `k`-th seed's pytree out of one stacked by `stack_seeds`."""
+    return jax.tree.map(lambda leaf: leaf[k], tree)
+
+
 def make_train_step(
     model: MultitaskBert,
     tx: optax.GradientTransformation,
@@ -234,6 +247,11 @@ def make_train_step(
 ) -> Callable[[TrainState, Batches], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds `train_step(state, batches) -> (state, metrics)`, not yet jitted.
 
+    `base_key` (a typed key, `jax.random.key`) seeds the step's randomness: step `s` draws its dropout and
+    surgery keys from `fold_in(base_key, s)`. A stack of keys `[seeds]` trains a state stacked over seeds
+    (`stack_seeds`): the step is vmapped over the leading seed axis of the state and of the keys, the batches are
+    shared, and every metric gains the seed axis `[seeds]`.
+
     `surgery` "none" backpropagates the combined loss once. Any other value takes per-task gradients and
     combines the shared encoder's with that method of `jaxbert.gradients` (reduction `sum` or `mean` following
     `loss_combination`): `pcgrad`; `gradvac` with its targets in `state.extra`; `pcgrad_two_updates`, a PCGrad
@@ -246,6 +264,9 @@ def make_train_step(
     """
     if surgery not in SURGERIES:
         raise ValueError(f"surgery {surgery!r} is not one of {', '.join(SURGERIES)}")
+    if not jax.dtypes.issubdtype(base_key.dtype, jax.dtypes.prng_key) or base_key.ndim > 1:
+        raise ValueError(f"base_key must be one typed key (jax.random.key) or a stack of them [seeds], got "
+                         f"{base_key.dtype}{list(base_key.shape)}")
     if accumulation_steps > 1 and loss_combination == "balanced":
         raise ValueError("loss combination 'balanced' weighs tasks by the whole batch's losses: it cannot accumulate")
     reduction = "mean" if loss_combination == "mean" else "sum"
@@ -261,7 +282,7 @@ def make_train_step(
             return joint_gradient(fns, params, loss_combination, loss_weights)
         return per_task_gradients(fns, params)
 
-    def train_step(state: TrainState, batches: Batches):
+    def seed_step(state: TrainState, batches: Batches, base_key: jax.Array):
         dropout_key = jax.random.fold_in(base_key, state.step)
         surgery_key = jax.random.fold_in(dropout_key, len(batches))  # a stream the dropout keys do not use
         extra = dict(state.extra)
@@ -298,12 +319,27 @@ def make_train_step(
             metrics.update({f"loss/{task}/{name}": value for name, value in parts.items() if len(parts) > 1})
         return new_state, metrics
 
+    step = jax.vmap(seed_step, in_axes=(0, None, 0)) if base_key.ndim == 1 else seed_step
+
+    def train_step(state: TrainState, batches: Batches):  # the name profiles and compile logs show
+        return step(state, batches, base_key)
+
     return train_step
 
 
-def make_predict_step(model: MultitaskBert, task: str) -> Callable[[Any, dict[str, jax.Array]], jax.Array]:
-    """`predict(params, batch)` → the head's raw output (logits or scores), deterministic."""
-    return lambda params, batch: model.apply({"params": params}, task, batch, deterministic=True)
+def make_predict_step(model: MultitaskBert, task: str,
+                      seed_axis: bool = False) -> Callable[[Any, dict[str, jax.Array]], jax.Array]:
+    """`predict(params, batch)` → the head's raw output (logits or scores) `[batch, ...]`, deterministic.
+
+    With `seed_axis`, `params` are stacked over seeds and the output is `[batch, seeds, ...]`: batch first, so it
+    is sharded like the batch and split into examples like an unstacked output.
+    """
+    def predict(params, batch):
+        return model.apply({"params": params}, task, batch, deterministic=True)
+
+    if seed_axis:
+        return lambda params, batch: jnp.moveaxis(jax.vmap(predict, in_axes=(0, None))(params, batch), 0, 1)
+    return predict
 
 
 def data_mesh(devices: list | None = None) -> Mesh:

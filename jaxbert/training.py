@@ -5,10 +5,18 @@ and frozen or trainable encoder; params and the step count carry from one to the
 the sampler's plan of batches, the jitted step over the `data` mesh, a dev evaluation, metrics to
 `metrics.jsonl` and TensorBoard, and checkpoints (latest and best). At the end: `results.json` from the best
 checkpoint of the whole run, prediction files in the course's format, and a plot of the dev curves.
+
+`train.seeds` N > 1 trains seeds `train.seed` ... `train.seed + N - 1`, each into `<out>/seed<k>/` with what a
+single-seed run writes there: one run after another, or with `train.vmap_seeds` all in one program, the state
+stacked over a leading seed axis (one compile, one pass over the data), stage after stage alike. The seeds of a
+vmapped run differ in their heads' initialization and their dropout and surgery keys; they all see the batches
+of `train.data_seed` (default: the first seed), which each seed's `config.yaml` records, so a single-seed run of
+that config repeats the seed.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -25,7 +33,7 @@ from tqdm import tqdm
 
 from jaxbert import data as data_lib
 from jaxbert.checkpoint import CheckpointStore
-from jaxbert.config import Config, resolve_stage, save_config, stage_names, to_dict
+from jaxbert.config import Config, TrainConfig, resolve_stage, save_config, stage_names, to_dict
 from jaxbert.convert import load_pretrained, resolve_hf_folder, PARAMS_DIR
 from jaxbert.heads import HeadSpec, MultitaskBert
 from jaxbert.metrics import summarize, task_metric
@@ -37,15 +45,17 @@ from jaxbert.tokenization import BertTokenizer
 from jaxbert.smart import SmartConfig
 from jaxbert.train_step import (Objective, TrainState, create_train_state, data_mesh, initial_extra, jit_predict_step,
                                 jit_train_step, make_predict_step, make_train_step, partly_frozen_optimizer, replicate,
-                                shard_batch)
+                                seed_slice, shard_batch, stack_seeds)
 
 # The course's prediction-file headers, kept verbatim (typo included) so its scripts read our files.
 PREDICTION_HEADERS = {"sst": "Predicted_Sentiment", "cfimdb": "Predicted_Sentiment", "para": "Predicted_Is_Paraphrase",
                       "sts": "Predicted_Similiarity", "tweet": "Predicted_Sentiment"}
 
 
-def build_model(config: Config, log: Callable[[str], None]) -> tuple[MultitaskBert, dict, Path]:
-    """The multitask model, its initial params (pretrained encoder, fresh heads) and the vocab file."""
+def build_model(config: Config, log: Callable[[str], None],
+                seeds: list[int] | None = None) -> tuple[MultitaskBert, dict, Path]:
+    """The multitask model, its initial params (pretrained encoder, fresh heads from `train.seed`) and the vocab
+    file. With `seeds`, the params are stacked over them (`stack_seeds`): one encoder, each seed's own heads."""
     bert_config, bert_params = load_pretrained(config.model.checkpoint, log)
     overrides = {"hidden_dropout_prob": config.model.hidden_dropout,
                  "attention_probs_dropout_prob": config.model.attention_dropout}
@@ -57,11 +67,17 @@ def build_model(config: Config, log: Callable[[str], None]) -> tuple[MultitaskBe
                           dtype=jnp.dtype(config.model.dtype), execution=execution)
     dummy = {k: jnp.zeros((1, 4), jnp.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
     dummy.update({k + suffix: v for k, v in dummy.items() for suffix in ("_b", "_c")})
-    init_key = jax.random.key(config.train.seed)
-    params = {}
-    for task in config.tasks:
-        params.update(jax.jit(lambda key, t=task: model.init(key, t, dummy))(init_key)["params"])
-    params["bert"] = bert_params
+    # The encoder's random init is dropped inside the program, so XLA never computes it.
+    init_heads = [jax.jit(lambda key, t=task: {name: p for name, p in model.init(key, t, dummy)["params"].items()
+                                               if name != "bert"}) for task in config.tasks]
+
+    def initial_params(seed):
+        params = {}
+        for init in init_heads:
+            params.update(init(jax.random.key(seed)))
+        return {**params, "bert": bert_params}
+
+    params = initial_params(config.train.seed) if seeds is None else stack_seeds([initial_params(s) for s in seeds])
     checkpoint = Path(config.model.checkpoint)
     vocab = checkpoint / "vocab.txt" if (checkpoint / PARAMS_DIR).is_dir() else \
         resolve_hf_folder(config.model.checkpoint, log) / "vocab.txt"
@@ -80,11 +96,11 @@ def steps_in_run(config: Config, train: dict[str, data_lib.Encoded]) -> list[int
 
 def plan_for(config: Config, train: dict[str, data_lib.Encoded], epoch: int,
              seed: int | None = None) -> list[dict[str, np.ndarray]]:
-    """The batches of 0-based `epoch`, drawn with `seed` (default `train.seed`)."""
+    """The batches of 0-based `epoch`, drawn with `seed` (default `data_seed(train)`)."""
     t = config.train
     steps = t.steps_per_epoch if t.sampler in ("proportional", "annealed") or t.epoch_length == "steps" else None
     return epoch_plan(t.sampler, {task: len(e) for task, e in train.items()}, t.batch_size, epoch=epoch + 1,
-                      num_epochs=t.epochs, seed=t.seed if seed is None else seed, epoch_length=t.epoch_length,
+                      num_epochs=t.epochs, seed=data_seed(t) if seed is None else seed, epoch_length=t.epoch_length,
                       steps_per_epoch=steps, lengths={task: e.lengths for task, e in train.items()},
                       group_batches=t.group_by_length)
 
@@ -125,19 +141,23 @@ def to_predictions(task_kind: str, outputs: np.ndarray) -> np.ndarray:
 
 
 def evaluate(data: dict[str, dict[str, data_lib.Encoded]], predictors: dict[str, Callable], params: Any, mesh,
-             config: Config, split: str) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
-    """Metrics on every labeled file of `split`, and the predictions of every file of it."""
-    metrics, predictions = {}, {}
+             config: Config, split: str,
+             num_seeds: int | None = None) -> list[tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]]:
+    """Metrics on every labeled file of `split`, and the predictions of every file of it: one pair, or with
+    `num_seeds` (params stacked over seeds, predictors made with `seed_axis`) one per seed, from one pass."""
+    per_seed = [({}, {}) for _ in range(num_seeds or 1)]
     for task, splits in data.items():
         if split not in splits:
             continue
         encoded = splits[split]
         outputs = predict_split(encoded, predictors[task], params, mesh, config.train.eval_batch_size,
-                                config.data.buckets)
-        predictions[task] = to_predictions(encoded.task.label_kind, outputs)
-        if encoded.labels is not None:
-            metrics[task] = task_metric(encoded.task.label_kind, predictions[task], encoded.labels)
-    return summarize(metrics) if metrics else {}, predictions
+                                config.data.buckets)  # [examples, seeds, ...] with `num_seeds`
+        for k, (metrics, predictions) in enumerate(per_seed):
+            seed_outputs = outputs[:, k] if num_seeds and len(outputs) else outputs
+            predictions[task] = to_predictions(encoded.task.label_kind, seed_outputs)
+            if encoded.labels is not None:
+                metrics[task] = task_metric(encoded.task.label_kind, predictions[task], encoded.labels)
+    return [(summarize(metrics) if metrics else {}, predictions) for metrics, predictions in per_seed]
 
 
 def write_predictions(out: Path, data, predictions_by_split: dict[str, dict[str, np.ndarray]]) -> None:
@@ -199,12 +219,41 @@ def objective_from_config(config: Config) -> Objective:
                      cosine_embedding_margin=losses.cosine_embedding_margin)
 
 
+def data_seed(t: TrainConfig) -> int:
+    """The seed of the batch order."""
+    return t.seed if t.data_seed is None else t.data_seed
+
+
+def seed_configs(config: Config) -> list[Config]:
+    """The config of every seed of a multi-seed run: the single-seed run that trains it, into `<out>/seed<k>/`.
+
+    A vmapped run pins their batch order to its own (`data_seed`); one run after another leaves it to each seed.
+    """
+    t, configs = config.train, []
+    for seed in range(t.seed, t.seed + t.seeds):
+        single = copy.deepcopy(config)
+        single.out = str(Path(config.out) / f"seed{seed}")
+        single.train.seed, single.train.seeds, single.train.vmap_seeds = seed, 1, False
+        single.train.data_seed = data_seed(t) if t.vmap_seeds else t.data_seed
+        configs.append(single)
+    return configs
+
+
+def dropout_base_key(seed: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(seed), 1)  # stream 0 initialized the heads
+
+
+def current_step(state: TrainState) -> int:
+    return int(np.max(jax.device_get(state.step)))  # the seeds of a stacked state step together
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
     """One stage of a run, cycles unrolled.
 
     `config` is the run's config with the stage's fields applied. `plan_seed` seeds its data order: the first
-    stage draws exactly as a run without stages would, every later one (each cycle's included) its own order.
+    stage draws exactly as a run without stages would (`data_seed`), every later one (each cycle's included) its
+    own order.
     """
 
     index: int
@@ -216,13 +265,154 @@ class Stage:
 def run_stages(config: Config) -> list[Stage]:
     """The stages `config` trains, in order: its `stages` repeated `train.stage_cycles` times, or one stage of
     its own settings when it has none."""
+    seed = data_seed(config.train)
     if not config.stages:
-        return [Stage(0, "", config, config.train.seed)]
-    seed = config.train.seed
+        return [Stage(0, "", config, seed)]
     stages = list(zip(stage_names(config), config.stages)) * config.train.stage_cycles
     return [Stage(k, name, resolve_stage(config, stage),
                   seed if k == 0 else int(np.random.SeedSequence([seed, k]).generate_state(1)[0]))
             for k, (name, stage) in enumerate(stages)]
+
+
+class SeedRuns:
+    """The per-seed side of a run: each seed's config (so its folder), its record (dev history, best score), its
+    best checkpoint and its TensorBoard writer.
+
+    A single-seed run has one seed, whose folder and checkpoint store are the run's own. The seeds of a vmapped
+    run share one state stacked over them (`stacked`), saved whole in the run's `latest` checkpoint for
+    `--resume`; each seed keeps its best checkpoint and everything else in `<out>/seed<k>/`, as a single-seed
+    run would.
+    """
+
+    def __init__(self, config: Config, store: CheckpointStore):
+        self.stacked = config.train.seeds > 1
+        self.out = Path(config.out)
+        self.configs = seed_configs(config) if self.stacked else [config]
+        self.store = store
+        self.best_stores = [CheckpointStore(Path(c.out) / "checkpoints") for c in self.configs] if self.stacked \
+            else [store]
+        self.records = [{"best_score": -math.inf, "history": [], "score": -math.inf} for _ in self.configs]
+        if self.stacked:
+            for single in self.configs:
+                Path(single.out).mkdir(exist_ok=True)
+                save_config(single, Path(single.out) / "config.yaml")
+        self.writers = [_summary_writer(Path(c.out) / "tensorboard") for c in self.configs]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [c.train.seed for c in self.configs]
+
+    def progress(self, position: dict[str, int]) -> dict[str, Any]:
+        """What a checkpoint records beside the state: the loop position (stage, epoch, step in it) and every
+        seed's record, in one mapping for a single-seed run, as a list under `seeds` for a vmapped one."""
+        return {**position, "seeds": self.records} if self.stacked else {**position, **self.records[0]}
+
+    def resume(self, progress: dict[str, Any]) -> dict[str, int]:
+        """Takes the records of a checkpoint's `progress`; returns its loop position."""
+        saved = len(progress["seeds"]) if "seeds" in progress else 1
+        if saved != len(self.configs):
+            raise ValueError(f"--resume: the checkpoint in {self.out / 'checkpoints'} holds {saved} seed(s), this run "
+                             f"trains {len(self.configs)} (train.seeds, train.vmap_seeds): resume with the settings "
+                             "it was started with, or train into another out folder")
+        position = {"stage": progress.get("stage", 0), "epoch": progress["epoch"],
+                    "step_in_epoch": progress["step_in_epoch"]}
+        self.records = progress["seeds"] if self.stacked else [
+            {k: v for k, v in progress.items() if k not in position}]
+        return position
+
+    def rewrite_metrics(self) -> None:
+        """Each seed's `metrics.jsonl` from its record. The checkpoint's history is the record: a run stopped
+        between a checkpoint and its line loses no line."""
+        for single, record in zip(self.configs, self.records):
+            (Path(single.out) / "metrics.jsonl").write_text(
+                "".join(json.dumps(entry) + "\n" for entry in record["history"]))
+
+    def seed_tree(self, tree: Any, k: int) -> Any:
+        return seed_slice(tree, k) if self.stacked else tree
+
+    def log_step(self, step_metrics: dict[str, jax.Array], rate: float, step: int) -> str:
+        """Writes the step's metrics to each seed's TensorBoard; returns the losses, one per seed."""
+        host = jax.device_get(step_metrics)
+        losses = []
+        for k, writer in enumerate(self.writers):
+            metrics = {name: float(self.seed_tree(value, k)) for name, value in host.items()}
+            losses.append(f"{metrics['loss']:.4f}")
+            for name, value in {**metrics, "examples_per_sec": rate}.items():
+                writer.add_scalar(f"train/{name}", value, step)
+        return " ".join(losses)
+
+    def end_epoch(self, evaluations: list[tuple[dict, dict]], state: TrainState, stage: Stage,
+                  position: dict[str, int], examples_per_sec: float, log: Callable[[str], None]) -> None:
+        """Records each seed's dev metrics (`evaluate` of the state) after an epoch of `stage`, checkpoints (the
+        latest state at `position`, each improved seed's best) and writes its metrics."""
+        improved, step = [], current_step(state)
+        for record, (dev, _) in zip(self.records, evaluations):
+            score = dev_score(dev)
+            entry = {"epoch": len(record["history"]) + 1,  # epochs count on across stages
+                     "step": step, "dev": dev, "train_examples_per_sec": examples_per_sec}
+            if stage.name:
+                entry.update(stage=stage.index, stage_name=stage.name, stage_epoch=position["epoch"])
+            record["history"].append(entry)
+            # With no score to select by, no best checkpoint is kept and the final evaluation uses the latest state.
+            improved.append(score is not None and score > record["best_score"])
+            record.update(best_score=score if improved[-1] else record["best_score"], score=score)
+        items = state.checkpoint_items()
+        self.store.save(items, self.progress(position))
+        stage_label = f"stage {stage.name}: " if stage.name else ""
+        for k, (single, record, writer) in enumerate(zip(self.configs, self.records, self.writers)):
+            if improved[k]:
+                self.best_stores[k].save_best(self.seed_tree(items, k), {**position, **record})
+            entry = record["history"][-1]
+            with open(Path(single.out) / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(entry) + "\n")
+            for task, metrics in entry["dev"].items():
+                for name, value in (metrics.items() if isinstance(metrics, dict) else [("", metrics)]):
+                    writer.add_scalar(f"dev/{task}{'/' + name if name else ''}", value, entry["epoch"])
+            log(f"{self.label(k)}{stage_label}epoch {position['epoch']}: dev {json.dumps(entry['dev'])}"
+                f"{' (best)' if improved[k] else ''}")
+
+    def label(self, k: int) -> str:
+        return f"seed {self.seeds[k]} " if self.stacked else ""
+
+    def best_params(self, params: Any) -> Any:
+        """Every seed's params from its best checkpoint (`params`, its latest, if it has none), stacked like
+        `params`. Only the params are read: the best checkpoint may be an earlier stage's, with another optimizer."""
+        best_params = []
+        for k, store in enumerate(self.best_stores):
+            latest = self.seed_tree(params, k)
+            best = store.restore({"params": latest}, which="best", partial=True)
+            best_params.append(best[0]["params"] if best else latest)
+        return stack_seeds(best_params) if self.stacked else best_params[0]
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+        self.store.close()
+        for store in self.best_stores if self.stacked else []:
+            store.close()
+
+    def write_results(self, data, evaluations: dict[str, list[tuple[dict, dict]]], steps: int, start_time: float,
+                      log: Callable[[str], None]) -> dict[int, dict[str, Any]]:
+        """Each seed's `results.json`, dev curves and prediction files, from its best params' `evaluations`
+        (`{split: evaluate(...)}`); returns `{seed: results}`."""
+        by_seed = {}
+        for k, (single, record) in enumerate(zip(self.configs, self.records)):
+            out, history = Path(single.out), record["history"]
+            results: dict[str, Any] = {
+                "config": to_dict(single), "steps": steps, "best_epoch": None, "wall_time_sec": None,
+                "metrics": {split: e[k][0] for split, e in evaluations.items() if e[k][0]}}
+            if history:
+                scored = [r for r in history if dev_score(r["dev"]) is not None]
+                results["best_epoch"] = (max(scored, key=lambda r: dev_score(r["dev"])) if scored
+                                         else history[-1])["epoch"]
+                plot_curves(history, out / "dev_curves.png")
+            write_predictions(out, data, {split: e[k][1] for split, e in evaluations.items()})
+            results["wall_time_sec"] = time.time() - start_time  # a vmapped run's seeds share its wall time
+            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            log(f"{self.label(k)}best dev (epoch {results['best_epoch']}): "
+                f"{json.dumps(results['metrics'].get('dev', {}))}")
+            by_seed[single.train.seed] = results
+        return by_seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,9 +424,8 @@ class Run:
     data: dict[str, dict[str, data_lib.Encoded]]
     predictors: dict[str, Callable]
     mesh: Mesh
-    store: CheckpointStore
-    writer: Any
-    base_key: jax.Array  # dropout keys fold in the global step, so they never repeat across stages
+    seed_runs: SeedRuns  # the run's latest checkpoint, and each seed's records, best checkpoint and writer
+    base_key: jax.Array  # dropout keys fold in the global step, so they never repeat across stages; [seeds] stacked
     log: Callable[[str], None]
     # Optimizer and jitted step of each entry of `config.stages`, built once: every cycle reuses them.
     steps: dict[int, tuple[optax.GradientTransformation, Callable]] = dataclasses.field(default_factory=dict)
@@ -253,7 +442,8 @@ def frozen_params(run_tasks: list[str], config: Config, params: Any) -> set[str]
 def stage_step(run: Run, stage: Stage, params: Any,
                total_steps: int) -> tuple[optax.GradientTransformation, Callable]:
     """The stage's optimizer (its learning rate and schedule laid out over its `total_steps`, its frozen params
-    left alone) and its jitted train step (its tasks, loss combination, surgery, frozen encoder or not)."""
+    left alone) and its jitted train step (its tasks, loss combination, surgery, frozen encoder or not; vmapped
+    over the seeds of a stacked run, whose `base_key` is a stack of keys)."""
     entry = stage.index % max(len(run.config.stages), 1)
     if entry not in run.steps:
         config, t = stage.config, stage.config.train
@@ -269,17 +459,18 @@ def stage_step(run: Run, stage: Stage, params: Any,
     return run.steps[entry]
 
 
-def run_stage(run: Run, stage: Stage, params: Any, start_step: jax.Array, progress: dict[str, Any],
-              resume: bool) -> tuple[TrainState, dict[str, Any]]:
-    """Trains `stage` from where `progress` stands in it (its epoch, and the step within that epoch), with a dev
-    evaluation, a `metrics.jsonl` record and checkpoints after every epoch.
+def run_stage(run: Run, stage: Stage, params: Any, start_step: jax.Array, position: dict[str, int],
+              resume: bool) -> TrainState:
+    """Trains `stage` from `position` in it (its epoch, and the step within that epoch), with a dev evaluation,
+    a `metrics.jsonl` record and checkpoints after every epoch.
 
     The stage starts from `params` (encoder and heads) and the global `start_step` of the stage before, with a new
     optimizer state and a new `TrainState.extra`: its learning rate and schedule are laid out over its own steps,
     and AdamW's moments and GradVac's or SMART's running values belong to the objective and parameters they
-    were gathered for. With `resume`, the state is the latest checkpoint's, which this stage wrote.
+    were gathered for. With `resume`, the state is the latest checkpoint's, which this stage wrote. In a vmapped
+    multi-seed run `params` and `start_step` are stacked over the seeds, and so is the state.
     """
-    config, t = stage.config, stage.config.train
+    config, t, seed_runs = stage.config, stage.config.train, run.seed_runs
     train = {task: splits["train"] for task, splits in run.data.items() if task in config.tasks}
     epoch_steps = steps_in_run(config, train)
     total_steps = sum(epoch_steps)
@@ -287,20 +478,26 @@ def run_stage(run: Run, stage: Stage, params: Any, start_step: jax.Array, progre
         raise ValueError(f"train.batch_size {t.batch_size} is not divisible by train.accumulation_steps "
                          f"{t.accumulation_steps} × the {run.mesh.devices.size} devices (each device's micro-batch)")
     tx, train_step = stage_step(run, stage, params, total_steps)
-    extra = initial_extra(params, len(config.tasks), t.surgery, objective_from_config(config))
-    state = replicate(create_train_state(params, tx, extra).replace(step=start_step), run.mesh)
+
+    def initial_state(params):
+        extra = initial_extra(params, len(config.tasks), t.surgery, objective_from_config(config))
+        return create_train_state(params, tx, extra)
+
+    state = jax.vmap(initial_state)(params) if seed_runs.stacked else initial_state(params)
+    state = replicate(state.replace(step=start_step), run.mesh)
     label = f"stage {stage.name}: " if stage.name else ""
     if resume:
-        items, _ = run.store.restore(state.checkpoint_items())
+        items, _ = seed_runs.store.restore(state.checkpoint_items())
         state = replicate(state.replace(**items), run.mesh)
-        run.log(f"resumed from step {int(items['step'])} ({label}epoch {progress['epoch'] + 1}, "
-                f"step {progress['step_in_epoch']} of it)")
+        run.log(f"resumed from step {current_step(state)} ({label}epoch {position['epoch'] + 1}, "
+                f"step {position['step_in_epoch']} of it)")
 
-    for epoch in range(progress["epoch"], t.epochs):
+    num_seeds = len(seed_runs.seeds) if seed_runs.stacked else None
+    for epoch in range(position["epoch"], t.epochs):
         if epoch_steps[epoch] == 0:
             break
         plan = plan_for(config, train, epoch, stage.plan_seed)[:epoch_steps[epoch]]
-        first = progress["step_in_epoch"] if epoch == progress["epoch"] else 0
+        first = position["step_in_epoch"] if epoch == position["epoch"] else 0
         bar = tqdm(range(first, len(plan)), desc=f"{label}epoch {epoch + 1}/{t.epochs}", initial=first,
                    total=len(plan), dynamic_ncols=True, disable=None)
         examples, tick = 0, time.time()
@@ -311,44 +508,27 @@ def run_stage(run: Run, stage: Stage, params: Any, start_step: jax.Array, progre
             examples += sum(len(b["input_ids"]) for b in batches.values())
             step = i + 1
             if step % t.log_every == 0 or step == len(plan):
-                host = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
                 rate = examples / max(time.time() - tick, 1e-9)
-                bar.set_postfix(loss=f"{host['loss']:.4f}", ex_s=f"{rate:.0f}")
+                loss = seed_runs.log_step(step_metrics, rate, current_step(state))
+                bar.set_postfix(loss=loss, ex_s=f"{rate:.0f}")
                 done = sum(epoch_steps[:epoch]) + step
                 if bar.disable:  # no terminal (a log file, CI): the same figures as plain lines
                     eta = (total_steps - done) * (time.time() - tick) / max(step - first, 1)
-                    run.log(f"{label}step {done}/{total_steps} loss {host['loss']:.4f} "
+                    run.log(f"{label}step {done}/{total_steps} loss {loss} "
                             f"{rate:.0f} examples/s, ETA {eta / 60:.1f} min (this epoch's rate)")
-                for name, value in {**host, "examples_per_sec": rate}.items():
-                    run.writer.add_scalar(f"train/{name}", value, int(jax.device_get(state.step)))
             if t.checkpoint_every and step % t.checkpoint_every == 0 and step < len(plan):
-                run.store.save(state.checkpoint_items(), {**progress, "epoch": epoch, "step_in_epoch": step})
+                seed_runs.store.save(state.checkpoint_items(), seed_runs.progress(
+                    {"stage": stage.index, "epoch": epoch, "step_in_epoch": step}))
         bar.close()
-        dev, _ = evaluate(run.data, run.predictors, state.params, run.mesh, config, "dev")
-        score = dev_score(dev)
-        run_epoch = len(progress["history"]) + 1  # epochs count on across stages
-        record = {"epoch": run_epoch, "step": int(jax.device_get(state.step)), "dev": dev,
-                  "train_examples_per_sec": examples / max(time.time() - tick, 1e-9)}
-        if stage.name:
-            record.update(stage=stage.index, stage_name=stage.name, stage_epoch=epoch + 1)
-        progress["history"].append(record)
-        # With no score to select by, no best checkpoint is kept and the final evaluation uses the latest state.
-        is_best = score is not None and score > progress["best_score"]
-        if is_best:
-            progress["best_score"] = score
-        progress.update(epoch=epoch + 1, step_in_epoch=0, score=score)
-        run.store.save(state.checkpoint_items(), progress, best=is_best)
-        with open(Path(run.config.out) / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        for task, metrics in dev.items():
-            for name, value in (metrics.items() if isinstance(metrics, dict) else [("", metrics)]):
-                run.writer.add_scalar(f"dev/{task}{'/' + name if name else ''}", value, run_epoch)
-        run.log(f"{label}epoch {epoch + 1}: dev {json.dumps(dev)}{' (best)' if is_best else ''}")
-    return state, progress
+        evaluations = evaluate(run.data, run.predictors, state.params, run.mesh, config, "dev", num_seeds)
+        seed_runs.end_epoch(evaluations, state, stage, {"stage": stage.index, "epoch": epoch + 1, "step_in_epoch": 0},
+                            examples / max(time.time() - tick, 1e-9), run.log)
+    return state
 
 
-def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Runs (or resumes) the whole job, stage after stage, and returns the contents of `results.json`.
+def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> dict[Any, Any]:
+    """Runs (or resumes) the whole job, stage after stage, and returns the contents of `results.json`; for
+    several seeds `{seed: contents of its results.json}`.
 
     Params (encoder and heads) and the step count carry from stage to stage; the best checkpoint is chosen
     over every epoch of every stage.
@@ -356,9 +536,19 @@ def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> di
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
+    t = config.train
+    if t.seeds > 1 and not t.vmap_seeds:  # one ordinary run per seed
+        by_seed = {}
+        for single in seed_configs(config):
+            seed = single.train.seed
+            by_seed[seed] = train_and_evaluate(single, lambda line, s=seed: log(f"seed {s}: {line}"))
+        log_seed_summary(by_seed, log)
+        return by_seed
     start_time = time.time()
+    stacked = t.seeds > 1  # and vmapped: the state is stacked over the seeds
+    seeds = list(range(t.seed, t.seed + t.seeds))
 
-    model, params, vocab = build_model(config, log)
+    model, params, vocab = build_model(config, log, seeds if stacked else None)
     tokenizer = BertTokenizer(vocab)
     data = data_lib.load_task_data(
         config.tasks, ("train", "dev", "test"), config.data.data_dir, config.data.files, tokenizer,
@@ -366,52 +556,46 @@ def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> di
         pair_encoding={"para": config.heads.para_encoding, "sts": config.heads.sts_encoding},
         prompt={"para": config.heads.para_prompt}, cache_dir=config.data.cache_dir, log=log)
     mesh = data_mesh()
-    store = CheckpointStore(out / "checkpoints")
-    predictors = {task: jit_predict_step(make_predict_step(model, task), mesh) for task in config.tasks}
-    base_key = jax.random.fold_in(jax.random.key(config.train.seed), 1)  # stream 0 initialized the heads
-    run = Run(config, model, data, predictors, mesh, store, _summary_writer(out / "tensorboard"), base_key, log)
+    seed_runs = SeedRuns(config, CheckpointStore(out / "checkpoints"))
+    predictors = {task: jit_predict_step(make_predict_step(model, task, seed_axis=stacked), mesh)
+                  for task in config.tasks}
+    base_key = jnp.stack([dropout_base_key(s) for s in seeds]) if stacked else dropout_base_key(t.seed)
+    run = Run(config, model, data, predictors, mesh, seed_runs, base_key, log)
 
-    progress = {"stage": 0, "epoch": 0, "step_in_epoch": 0, "best_score": -math.inf, "history": [],
-                "score": -math.inf}
-    resume = False
+    position, resume = {"stage": 0, "epoch": 0, "step_in_epoch": 0}, False
     if config.resume:
-        saved = store.progress()
+        saved = seed_runs.store.progress()
         if saved is None:
             log(f"--resume: no checkpoint in {out / 'checkpoints'}, starting fresh")
         else:
-            progress, resume = {"stage": 0, **saved}, True
-    # The checkpoint's history is the record: a run stopped between a checkpoint and its line loses no line.
-    (out / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in progress["history"]))
+            position, resume = seed_runs.resume(saved), True
+    seed_runs.rewrite_metrics()
     # Replicated once, so placing them in each stage's state copies nothing.
-    params, step = replicate(params, mesh), jnp.zeros((), jnp.int32)
-    for stage in run_stages(config)[progress["stage"]:]:
-        state, progress = run_stage(run, stage, params, step, progress, resume)
+    params, step = replicate(params, mesh), jnp.zeros((len(seeds),) if stacked else (), jnp.int32)
+    for stage in run_stages(config)[position["stage"]:]:
+        state = run_stage(run, stage, params, step, position, resume)
         params, step, resume = state.params, state.step, False
         del state  # its optimizer state belonged to the stage that ended
-        progress = {**progress, "stage": stage.index + 1, "epoch": 0, "step_in_epoch": 0}
-    run.writer.close()
+        position = {"stage": stage.index + 1, "epoch": 0, "step_in_epoch": 0}
 
-    best = store.restore({"params": params}, which="best", partial=True)
-    best_params = replicate(best[0]["params"], mesh) if best else params
-    store.close()
-    results: dict[str, Any] = {"config": to_dict(config), "steps": int(jax.device_get(step)),
-                               "best_epoch": None, "wall_time_sec": None, "metrics": {}}
-    predictions_by_split = {}
-    for split in ("dev", "test"):
-        metrics, predictions = evaluate(data, predictors, best_params, mesh, config, split)
-        predictions_by_split[split] = predictions
-        if metrics:
-            results["metrics"][split] = metrics
-    history = progress["history"]
-    if history:
-        scored = [r for r in history if dev_score(r["dev"]) is not None]
-        results["best_epoch"] = (max(scored, key=lambda r: dev_score(r["dev"])) if scored else history[-1])["epoch"]
-        plot_curves(history, out / "dev_curves.png")
-    write_predictions(out, data, predictions_by_split)
-    results["wall_time_sec"] = time.time() - start_time
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    log(f"best dev (epoch {results['best_epoch']}): {json.dumps(results['metrics'].get('dev', {}))}")
-    return results
+    best_params = replicate(seed_runs.best_params(params), mesh)
+    seed_runs.close()
+    evaluations = {split: evaluate(data, predictors, best_params, mesh, config, split, len(seeds) if stacked else None)
+                   for split in ("dev", "test")}
+    by_seed = seed_runs.write_results(data, evaluations, int(np.max(jax.device_get(step))), start_time, log)
+    if stacked:
+        log_seed_summary(by_seed, log)
+        return by_seed
+    return by_seed[t.seed]
+
+
+def log_seed_summary(by_seed: dict[int, dict[str, Any]], log: Callable[[str], None]) -> None:
+    scores = [dev_score(r["metrics"]["dev"]) for r in by_seed.values() if r["metrics"].get("dev")]
+    scores = [s for s in scores if s is not None]
+    if scores:
+        log(f"{len(by_seed)} seeds {min(by_seed)}-{max(by_seed)}: best dev score {np.mean(scores):.4f} "
+            f"± {np.std(scores, ddof=1) if len(scores) > 1 else 0.0:.4f} (mean ± sample std), "
+            f"per seed {', '.join(f'{s:.4f}' for s in scores)}")
 
 
 def _summary_writer(path: Path):

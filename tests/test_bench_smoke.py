@@ -28,7 +28,7 @@ def test_tiny_run_writes_every_row(tmp_path):
     # Unoptimized XLA code generation halves the step's compilation, which is most of what this test waits for.
     env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
     subprocess.run([sys.executable, "benchmarks/bench_step.py", "--model", "tiny", "--batch", "2", "--seq", "8",
-                    "--steps", "1", "--warmup", "1", "--rows", "jax,torch,input", "--in-process", "--cpus", "1",
+                    "--steps", "1", "--warmup", "1", "--rows", "jax,jax-vmap2,torch,input", "--in-process", "--cpus", "1",
                     "--accumulation", "2", "--remat", "--attention", "xla", "--attention-dropout", "0",
                     "--out", str(out)], cwd=ROOT, env=env, check=True, capture_output=True)
     report = json.loads(out.read_text())
@@ -36,14 +36,23 @@ def test_tiny_run_writes_every_row(tmp_path):
         {"accumulation": 2, "remat": True, "attention": "xla", "attention_dropout": 0.0}
     assert report["model_config"]["attention_probs_dropout_prob"] == 0.0
     rows = {r["row"]: r for r in report["rows"]}
-    assert list(rows) == ["jax", "torch", "input"]
+    assert list(rows) == ["jax", "jax-vmap2", "torch", "input"]
     assert not [r["error"] for r in rows.values() if "error" in r]
     assert rows["jax"]["params"] == rows["torch"]["params"]  # the same network on both sides
     for name in ("jax", "torch"):
         assert np.isfinite(rows[name]["loss"]) and len(rows[name]["step_ms"]) == 1
         assert rows[name]["examples_per_s"] == pytest.approx(3 * 2 / (rows[name]["step_ms_median"] / 1e3))
+    vmapped = rows["jax-vmap2"]
+    assert vmapped["seeds"] == 2 and vmapped["params"] == rows["jax"]["params"] and len(vmapped["step_ms"]) == 1
+    # Its first seed is the `jax` row's model with the `jax` row's keys, after the same two steps.
+    assert vmapped["loss"][0] == pytest.approx(rows["jax"]["loss"], rel=1e-5)
+    assert vmapped["loss"][1] != pytest.approx(vmapped["loss"][0], rel=1e-3)
+    assert vmapped["examples_per_s"] == pytest.approx(2 * 3 * 2 / (vmapped["step_ms_median"] / 1e3))
     assert rows["input"]["steps_per_epoch"] == 5180 // 2  # round-robin epoch = the smallest task (sts)
-    assert set(report["ratios"]) == {"input_batches_over_jax_steps", "jax_over_torch_examples_per_s"}
+    assert set(report["ratios"]) == {"input_batches_over_jax_steps", "jax_over_torch_examples_per_s",
+                                     "jax-vmap2_over_sequential_throughput"}
+    assert report["ratios"]["jax-vmap2_over_sequential_throughput"] == pytest.approx(
+        2 * rows["jax"]["step_ms_median"] / vmapped["step_ms_median"])
     assert report["environment"]["versions"]["jax"] == jax.__version__
 
 
@@ -61,6 +70,20 @@ def test_summary_ratios_and_mfu(bench):
                                     "jax_over_torch_examples_per_s": 1.5})
     assert rows[0]["vs_torch"] == pytest.approx(1.5) and rows[0]["mfu"] == pytest.approx(494.7 / 989)
     assert any("PCGrad step / plain step: 1.100× (meets" in line for line in bench.ratio_lines(ratios))
+
+
+def test_vmap_row_ratio_is_seeds_times_plain_over_vmapped_step(bench):
+    """4 seeds in a 100 ms step against 4 plain 40 ms steps: 1.6× the throughput; not a step-time ratio."""
+    rows = [{"row": "jax", "platform": "cpu", "device": "cpu", "step_ms_median": 40.0, "examples_per_s": 150.0,
+             "tflops": 1.0},
+            {"row": "jax-vmap4", "platform": "cpu", "device": "cpu", "step_ms_median": 100.0,
+             "examples_per_s": 240.0, "tflops": 1.6}]
+    ratios = bench.summarize(rows)
+    assert ratios == pytest.approx({"jax-vmap4_over_sequential_throughput": 1.6})
+    assert bench.ratio_lines(ratios) == ["4 seeds vmapped in one step / 4 plain steps one after another: 1.60× the "
+                                         "throughput"]
+    assert bench.vmap_seeds("jax-vmap12") == 12
+    assert bench.vmap_seeds("jax-vmap") is None and bench.vmap_seeds("jax-vmap0") is None
 
 
 def test_model_flops_is_six_n_tokens_plus_attention(bench):
@@ -81,6 +104,7 @@ def test_model_flops_is_six_n_tokens_plus_attention(bench):
 
 @pytest.mark.parametrize("argv, message", [
     (["--rows", "jax,jax-typo"], "unknown row"),
+    (["--rows", "jax-vmap0"], r"unknown row.*jax-vmap<N> \(N >= 1 seeds\)"),
     (["--model", "tiny", "--seq", "600"], "exceeds the 512 positions"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--cpus", "0"], "--cpus must be in"),

@@ -290,3 +290,35 @@ def test_default_cpu_suite_loads():
         assert c.model.checkpoint.endswith("all-minilm-l6-v2") and c.train.batch_size == 16
         assert c.train.steps_per_epoch * c.train.epochs == (240 if c.train.sampler == "annealed" else 80)
         assert c.data.buckets == [32, 64, 128]
+
+
+def test_vmapped_suite_end_to_end(tmp_path, capsys):
+    """`vmap_seeds: true`: one call trains both seeds of the row into its seed folders; the table is built from
+    them, and a rerun finds both complete (the seeds' pinned batch order is no config change)."""
+    bert, data = tiny_checkpoint(tmp_path / "bert"), write_fixture_data(tmp_path / "data")
+    base = {"model": {"checkpoint": str(bert)}, "data": {"data_dir": str(data), "cache_dir": str(tmp_path / "cache"),
+                                                           "max_length": 32, "buckets": [32]},
+            "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 16, "lr": 1e-3, "log_every": 5,
+                      "sampler": "roundrobin"}}
+    suite = {"name": "vm", "seeds": [0, 1], "vmap_seeds": True, "rows": [{"name": "sum", "config": "base.yaml"}]}
+    path, results = write_suite(tmp_path, yaml.safe_dump(suite), yaml.safe_dump(base)), tmp_path / "results"
+    folder = results / "vm" / "sum"
+
+    out = run_main(capsys, path, "--results", results)
+    assert "1 call(s)" in out and "[1/1] sum seeds 0,1" in out
+    assert load_config(folder / "config.yaml").train.seeds == 2 and (folder / "checkpoints").is_dir()
+    runs = [json.loads((folder / f"seed{seed}" / "results.json").read_text()) for seed in (0, 1)]
+    for seed, run in enumerate(runs):
+        train = load_config(folder / f"seed{seed}" / "config.yaml").train
+        assert (train.seed, train.seeds, train.data_seed) == (seed, 1, 0)
+        assert run["config"]["train"]["seed"] == seed and run["steps"] == 5
+        assert (folder / f"seed{seed}" / "commit.txt").is_file()
+    assert runs[0]["metrics"] != runs[1]["metrics"]  # different heads and dropout
+
+    with open(results / "vm" / "table.csv") as f:
+        record = next(csv.DictReader(f))
+    assert record["row"] == "sum" and record["n"] == "2" and record["seeds"] == "0 1"
+    overall = [run["metrics"]["dev"]["overall"] for run in runs]
+    assert float(record["overall_mean"]) == pytest.approx(np.mean(overall), rel=1e-12)
+    assert float(record["overall_std"]) == pytest.approx(np.std(overall, ddof=1), rel=1e-9)
+    assert "0 call(s)" in run_main(capsys, path, "--results", results)

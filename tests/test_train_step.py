@@ -19,7 +19,8 @@ from jaxbert.modeling import BertConfig
 from jaxbert.optim import make_optimizer
 from jaxbert.gradients import gradvac, gradvac_init, pcgrad
 from jaxbert.train_step import (Objective, accumulate, create_train_state, data_mesh, initial_extra,
-                                jit_train_step, make_train_step, partly_frozen_optimizer, replicate, shard_batch,
+                                jit_predict_step, jit_train_step, make_predict_step, make_train_step,
+                                partly_frozen_optimizer, replicate, seed_slice, shard_batch, stack_seeds,
                                 task_loss_fns)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,6 +185,49 @@ def test_unknown_surgery_is_an_error():
     model, _, _ = tiny_setup()
     with pytest.raises(ValueError, match="surgery 'pcgard'"):
         make_train_step(model, optax.sgd(1.0), jax.random.key(0), surgery="pcgard")
+
+
+@pytest.mark.parametrize("accumulation_steps", [1, 2])
+def test_seed_stacked_step_equals_separate_steps(accumulation_steps):
+    """Two seeds (own params, own keys) stacked and stepped by the vmapped step = each stepped on its own,
+    GradVac's per-seed targets included, gradient accumulation too; the vmapped predictions are each seed's."""
+    model, params, batches = tiny_setup()
+    seeds = [jax.tree.map(jnp.array, params), model.init(jax.random.key(5), "sst", batches["sst"])["params"]]
+    seeds[1] = {**params, **{name: seeds[1][name] for name in ("sst", "bert")}}
+    keys = [jax.random.key(1), jax.random.key(2)]
+    tx, mesh = make_optimizer(1e-3, 100, weight_decay=0.01), data_mesh()
+
+    def initial(p):
+        return create_train_state(jax.tree.map(jnp.array, p), tx, initial_extra(p, 3, "gradvac", Objective()))
+
+    def run(state, key):
+        step = jit_train_step(make_train_step(model, tx, key, surgery="gradvac", gradvac_beta=0.5,
+                                              accumulation_steps=accumulation_steps), mesh)
+        for _ in range(2):
+            state, metrics = step(state, shard_batch(batches, mesh))
+        return state, metrics
+
+    stacked, stacked_metrics = run(replicate(stack_seeds([initial(p) for p in seeds]), mesh), jnp.stack(keys))
+    assert stacked_metrics["loss"].shape == (2,) and stacked.step.shape == (2,)
+    predict = jit_predict_step(make_predict_step(model, "sst", seed_axis=True), mesh)
+    both = np.asarray(predict(stacked.params, shard_batch(batches["sst"], mesh)))
+    assert both.shape == (8, 2, 5)  # [batch, seeds, classes]
+    for k, (p, key) in enumerate(zip(seeds, keys)):
+        alone, metrics = run(replicate(initial(p), mesh), key)
+        assert_tree_close(seed_slice(stacked.params, k), alone.params, atol=1e-6)
+        np.testing.assert_allclose(stacked.extra["gradvac_targets"][k], alone.extra["gradvac_targets"], atol=1e-6)
+        assert_tree_close(seed_slice(stacked_metrics, k), metrics, atol=1e-6)
+        alone_predictions = model.apply({"params": alone.params}, "sst", batches["sst"])
+        np.testing.assert_allclose(both[:, k], alone_predictions, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(stacked.params["sst"]["kernel"][0], stacked.params["sst"]["kernel"][1])
+
+
+def test_base_key_must_be_typed():
+    model, _, _ = tiny_setup()
+    with pytest.raises(ValueError, match=r"base_key must be one typed key .* got uint32\[2\]"):
+        make_train_step(model, optax.sgd(1.0), jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match=r"got key<fry>\[2, 2\]"):
+        make_train_step(model, optax.sgd(1.0), jax.random.split(jax.random.key(0), (2, 2)))
 
 
 def test_frozen_params_stay_put():
