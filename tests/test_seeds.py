@@ -14,7 +14,7 @@ from jaxbert import checkpoint as checkpoint_lib
 from jaxbert.config import ConfigError, load_config, parse_overrides, to_dict
 from jaxbert.training import train_and_evaluate
 from test_stages import staged_config
-from test_training import ARGS, Interrupted, run_config
+from test_training import ARGS, killed_after_checkpoint, run_config
 from test_training import compilation_cache, workspace  # noqa: F401 (fixtures: the tiny BERT, fixture data, XLA cache)
 
 EXTRA = ("--seed=3", "--checkpoint-every=2", "--sts-head=cosine_concat")  # an STS head with params to initialize
@@ -128,18 +128,8 @@ def test_seeds_in_turn_write_the_same_layout(workspace, vmapped):  # noqa: F811
 def test_vmapped_run_resumes_exactly(workspace, vmapped, monkeypatch):  # noqa: F811
     _, _, root = workspace
     config = run_config(workspace, root / "cut", *EXTRA, "--seeds=2", "--vmap-seeds")
-    real_save, calls = checkpoint_lib.CheckpointStore.save, []
-
-    def save_then_die(self, *args, **kwargs):  # the second checkpoint is mid-way through the first epoch
-        real_save(self, *args, **kwargs)
-        calls.append(1)
-        if len(calls) == 2:
-            raise Interrupted
-
-    monkeypatch.setattr(checkpoint_lib.CheckpointStore, "save", save_then_die)
-    with pytest.raises(Interrupted):
+    with killed_after_checkpoint(monkeypatch, 2):  # mid-way through the first epoch
         train_and_evaluate(config, log=lambda _: None)
-    monkeypatch.setattr(checkpoint_lib.CheckpointStore, "save", real_save)
     _, progress = restore(root / "cut")
     assert (progress["epoch"], progress["step_in_epoch"], len(progress["seeds"])) == (0, 4, 2)
 

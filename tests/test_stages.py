@@ -10,7 +10,7 @@ import pytest
 
 from jaxbert import checkpoint as checkpoint_lib
 from jaxbert import training
-from test_training import Interrupted, compilation_cache, latest_params, run_config, workspace  # noqa: F401
+from test_training import compilation_cache, killed_after_checkpoint, latest_params, run_config, workspace  # noqa: F401
 
 # 40 training rows per task in batches of 8: a round-robin epoch is 5 steps.
 FROZEN_THEN_FULL = """\
@@ -129,19 +129,9 @@ def test_interrupted_staged_run_resumes_exactly(workspace, frozen_then_full, mon
     _, _, root = workspace
     config, full, _, _ = frozen_then_full
     out = root / f"staged_cut{cut}"
-    real_save, calls = checkpoint_lib.CheckpointStore.save, []
-
-    def save_then_die(self, *args, **kwargs):
-        real_save(self, *args, **kwargs)
-        calls.append(1)
-        if len(calls) == cut:
-            raise Interrupted
-
-    monkeypatch.setattr(checkpoint_lib.CheckpointStore, "save", save_then_die)
-    with pytest.raises(Interrupted):
+    with killed_after_checkpoint(monkeypatch, cut):
         training.train_and_evaluate(staged_config(workspace, out, FROZEN_THEN_FULL, CHECKPOINT_EVERY),
                                     log=lambda _: None)
-    monkeypatch.setattr(checkpoint_lib.CheckpointStore, "save", real_save)
     _, progress = latest_params(out)
     assert (progress["stage"], progress["epoch"], progress["step_in_epoch"]) == where
 

@@ -1,5 +1,6 @@
 """End to end: `train.py` on a tiny random BERT and fixture data, and an interrupted run resumed exactly."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -127,6 +128,23 @@ class Interrupted(Exception):
     pass
 
 
+@contextlib.contextmanager
+def killed_after_checkpoint(monkeypatch, n: int):
+    """Runs the block as a run killed right after writing its `n`-th checkpoint; checkpoints work again after."""
+    real_save, calls = checkpoint_lib.CheckpointStore.save, []
+
+    def save_then_die(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == n:
+            raise Interrupted
+
+    monkeypatch.setattr(checkpoint_lib.CheckpointStore, "save", save_then_die)
+    with pytest.raises(Interrupted):
+        yield
+    monkeypatch.setattr(checkpoint_lib.CheckpointStore, "save", real_save)
+
+
 def latest_params(out):
     store = checkpoint_lib.CheckpointStore(Path(out) / "checkpoints")
     state, progress = store.restore(None)
@@ -139,19 +157,8 @@ def test_interrupted_run_resumes_exactly(workspace, monkeypatch):
     extra = ("--checkpoint-every=2", "--sampler=annealed", "--steps-per-epoch=6", "--loss-combination=balanced")
     full = train_and_evaluate(run_config(workspace, root / "full", *extra), log=lambda _: None)
 
-    # Die right after the second checkpoint of the run (mid-way through the first epoch).
-    real_save, calls = checkpoint_lib.CheckpointStore.save, []
-
-    def save_then_die(self, *args, **kwargs):
-        real_save(self, *args, **kwargs)
-        calls.append(1)
-        if len(calls) == 2:
-            raise Interrupted
-
-    monkeypatch.setattr(checkpoint_lib.CheckpointStore, "save", save_then_die)
-    with pytest.raises(Interrupted):
+    with killed_after_checkpoint(monkeypatch, 2):  # mid-way through the first epoch
         train_and_evaluate(run_config(workspace, root / "cut", *extra), log=lambda _: None)
-    monkeypatch.setattr(checkpoint_lib.CheckpointStore, "save", real_save)
     _, progress = latest_params(root / "cut")
     assert (progress["epoch"], progress["step_in_epoch"]) == (0, 4)
 
