@@ -19,7 +19,7 @@ import yaml
 
 from jaxbert.heads import SHARED_HEADS
 from jaxbert.modeling import ATTENTION_KERNELS
-from jaxbert.smart import SmartConfig
+from jaxbert.smart import TASK_KIND as SMART_TASK_KIND, SmartConfig
 
 
 @dataclasses.dataclass
@@ -46,6 +46,7 @@ class HeadsConfig:
     task_hidden_layers: dict[str, int] = dataclasses.field(default_factory=dict)  # per-task overrides: {sts: 1}
     hidden_size: int | None = None  # their width (None: the encoder's hidden size)
     activation: str = "relu"  # relu | gelu | tanh | squared_relu
+    classifier_activation: str = "none"  # none or one of those, on the sentiment logits (report 001: squared_relu)
     para_prompt: str | None = None  # text placed before a cross-encoded paraphrase pair
     pal_size: int = 0  # projected attention layers: each task's low-rank attention width (0: off; 204 in the paper)
     pal_heads: int = 12
@@ -70,6 +71,7 @@ class TrainConfig:
     loss_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     surgery: str = "none"  # none | pcgrad | pcgrad_two_updates | gradvac | cagrad | mgda | imtl_g (`--pcgrad`, ...)
     gradvac_beta: float = 0.01  # EMA rate of GradVac's cosine targets
+    updates: str = "joint"  # joint: one optimizer update per step | per_task: one per task's loss, in turn
     epochs: int = 10
     max_steps: int | None = None  # caps the whole run, the LR schedule included
     batch_size: int = 32  # per task, across all devices
@@ -113,10 +115,12 @@ class SmartOptions:
     noise_std: float = 1e-5  # σ
     step_size: float = 1e-3  # η
     epsilon: float = 1e-5  # ε
-    steps: int = 1  # K
+    steps: int = 1  # K (0: the random start alone)
+    samples: int = 1  # random starts, the largest divergence kept per example (report 001: 7)
     norm: str = "inf"  # inf | l2
     bregman_weight: float = 1.0  # μ (0: no proximal term and no teacher)
     teacher_momentum: float = 0.99  # β of the EMA teacher
+    tasks: list[str] | None = None  # the tasks regularized (None: every one with a prediction; report 001: [sst])
 
 
 @dataclasses.dataclass
@@ -154,6 +158,11 @@ class Config:
 
 class ConfigError(ValueError):
     pass
+
+
+def smart_options(options: SmartOptions) -> dict[str, Any]:
+    """The `SmartConfig` fields of the `smart` section: all but the switch and the choice of tasks."""
+    return {k: v for k, v in dataclasses.asdict(options).items() if k not in ("enabled", "tasks")}
 
 
 def _is_dataclass_type(tp) -> bool:
@@ -346,11 +355,13 @@ CHOICES = {
     "heads.sts_encoding": ("bi", "cross"),
     "heads.sts_head": ("cosine", "sigmoid_cosine", "cosine_concat", "linear"),
     "heads.activation": ("relu", "gelu", "tanh", "squared_relu"),
+    "heads.classifier_activation": ("none", "relu", "gelu", "tanh", "squared_relu"),
     "data.source": ("local", "hf"),
     "train.sampler": ("roundrobin", "sequential", "proportional", "annealed"),
     "train.epoch_length": ("min", "max", "steps"),
     "train.loss_combination": ("sum", "mean", "weights", "balanced"),
     "train.schedule": ("constant", "linear"),
+    "train.updates": ("joint", "per_task"),
     "train.surgery": ("none", "pcgrad", "pcgrad_two_updates", "gradvac", "cagrad", "mgda", "imtl_g"),
     "losses.sst": ("ce", "ordinal"),
     "losses.sts": ("mse", "cosine_embedding"),
@@ -419,11 +430,19 @@ def validate(config: Config) -> None:
     if config.train.surgery != "none" and config.train.loss_combination not in ("sum", "mean"):
         raise ConfigError(f"train.surgery {config.train.surgery!r} combines raw task gradients: "
                           f"train.loss_combination must be sum or mean, not {config.train.loss_combination!r}")
-    smart_options = {k: v for k, v in dataclasses.asdict(config.smart).items() if k != "enabled"}
+    if config.train.updates == "per_task" and (config.train.surgery != "none"
+                                               or config.train.loss_combination not in ("sum", "weights")):
+        raise ConfigError(f"train.updates 'per_task' applies each task's own loss: it needs train.surgery none (got "
+                          f"{config.train.surgery!r}) and train.loss_combination sum or weights (got "
+                          f"{config.train.loss_combination!r})")
     try:
-        SmartConfig(**smart_options)
+        SmartConfig(**smart_options(config.smart))
     except ValueError as e:
         raise ConfigError(f"smart: {e}") from None
+    smoothable = [t for t in config.tasks if t in SMART_TASK_KIND]
+    if config.smart.tasks is not None and (not config.smart.tasks or not set(config.smart.tasks) <= set(smoothable)):
+        raise ConfigError(f"smart.tasks {config.smart.tasks} must be a non-empty subset of the run's tasks with a "
+                          f"prediction to smooth: {', '.join(smoothable)}")
     unknown = [t for t in config.losses.simcse_tasks if t not in KNOWN_TASKS]
     if unknown:
         raise ConfigError(f"losses.simcse_tasks {unknown} are not tasks; known: {', '.join(KNOWN_TASKS)}")

@@ -58,6 +58,7 @@ class HeadSpec:
     task_hidden_layers: tuple[tuple[str, int], ...] = ()  # (task, layers) overrides; a mapping is accepted too
     hidden_size: int | None = None  # None: the encoder's hidden size
     activation: str = "relu"
+    classifier_activation: str = "none"  # on the sentiment classifiers' logits: report 001's squared_relu
     pal_size: int = 0  # width of each task's projected attention layers (PALs); 0 = none, 204 in the paper
     pal_heads: int = 12
 
@@ -80,6 +81,9 @@ class HeadSpec:
             raise ValueError(f"hidden_size must be positive or None, got {self.hidden_size}")
         if self.activation not in HEAD_ACTIVATIONS:
             raise ValueError(f"activation {self.activation!r} is not one of {', '.join(HEAD_ACTIVATIONS)}")
+        if self.classifier_activation != "none" and self.classifier_activation not in HEAD_ACTIVATIONS:
+            raise ValueError(f"classifier_activation {self.classifier_activation!r} is not one of none, "
+                             f"{', '.join(HEAD_ACTIVATIONS)}")
 
     def encoding(self, task: str) -> str:
         """single | cross | bi | triplet: how `task`'s sentences reach the encoder."""
@@ -236,7 +240,12 @@ class MultitaskBert(nn.Module):
             pooling = self.heads.sst_pooling if task in NUM_CLASSES else self.heads.pair_pooling
             embeddings = self.embed_sentences(task, batch, pooling, deterministic, perturbation)
             logits = self.head[head_of(task)](self.dropout(embeddings, deterministic=deterministic), deterministic)
-            output = logits if task in NUM_CLASSES else logits[:, 0]
+            if task not in NUM_CLASSES:
+                output = logits[:, 0]
+            elif self.heads.classifier_activation == "none":
+                output = logits
+            else:
+                output = HEAD_ACTIVATIONS[self.heads.classifier_activation](logits)
         else:
             embeddings = self.embed_sentences(task, stack_sentences(batch, SENTENCES[encoding]),
                                               self.heads.pair_pooling, deterministic, perturbation)

@@ -9,6 +9,7 @@ and ℓ_s a symmetric divergence between two outputs. All divergences are comput
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -32,7 +33,8 @@ class SmartConfig:
     noise_std: float = 1e-5  # σ of the initial perturbation δ₀ ~ N(0, σ²)
     step_size: float = 1e-3  # η of each ascent step
     epsilon: float = 1e-5  # ε, radius of the perturbation ball
-    steps: int = 1  # K ascent steps
+    steps: int = 1  # K ascent steps (0: the random start alone, projected onto the ball)
+    samples: int = 1  # random starts; each example takes its largest divergence over them (report 001: 7)
     norm: str = "inf"  # inf | l2: the ball and the gradient normalization
     bregman_weight: float = 1.0  # μ, multiplies bregman_loss
     teacher_momentum: float = 0.99  # β of θ̃ ← β θ̃ + (1 − β) θ
@@ -44,8 +46,10 @@ class SmartConfig:
                 raise ValueError(f"SmartConfig.{name} must be a finite number >= 0, got {value!r}")
         if self.teacher_momentum > 1:
             raise ValueError(f"SmartConfig.teacher_momentum must be in [0, 1], got {self.teacher_momentum!r}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"SmartConfig.steps must be an integer >= 1, got {self.steps!r}")
+        for name, least in (("steps", 0), ("samples", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"SmartConfig.{name} must be an integer >= {least}, got {value!r}")
         if self.norm not in ("inf", "l2"):
             raise ValueError(f"SmartConfig.norm must be 'inf' or 'l2', got {self.norm!r}")
 
@@ -59,7 +63,13 @@ def _log_probs(out: Array, kind: str) -> Array:
 
 
 def divergence(p_out: Array, q_out: Array, kind: str) -> Array:
-    """Symmetric divergence ℓ_s between two outputs of the same batch, averaged over the batch; float32 scalar.
+    """Symmetric divergence ℓ_s between two outputs of the same batch, averaged over it: float32 scalar (see
+    `example_divergence`)."""
+    return jnp.mean(example_divergence(p_out, q_out, kind))
+
+
+def example_divergence(p_out: Array, q_out: Array, kind: str) -> Array:
+    """Symmetric divergence ℓ_s between two outputs of the same batch, one per example: float32 `[batch]`.
 
     Args:
       p_out, q_out: logits `[batch, classes]` (classification), sigmoid logits `[batch]` (binary: the
@@ -68,16 +78,16 @@ def divergence(p_out: Array, q_out: Array, kind: str) -> Array:
         the squared error (p − q)².
 
     Each KL direction holds its reference distribution constant, as MT-DNN's SymKlCriterion does: the gradient
-    w.r.t. either side's logits is then (softmax(own) − softmax(other)) / batch, a bounded pull of the two
+    w.r.t. either side's logits is then softmax(own) − softmax(other), a bounded pull of the two
     together, whereas the full KL gradient adds log-ratio terms that grow without bound at saturated logits.
     """
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
     if kind == "regression":
-        return jnp.mean((p_out.astype(jnp.float32) - q_out.astype(jnp.float32)) ** 2)
+        return (p_out.astype(jnp.float32) - q_out.astype(jnp.float32)) ** 2
     log_p, log_q = _log_probs(p_out, kind), _log_probs(q_out, kind)
     kl = lambda log_a, log_b: jnp.sum(jnp.exp(log_a) * (log_a - log_b), -1)  # noqa: E731
-    return jnp.mean(kl(jax.lax.stop_gradient(log_p), log_q) + kl(jax.lax.stop_gradient(log_q), log_p))
+    return kl(jax.lax.stop_gradient(log_p), log_q) + kl(jax.lax.stop_gradient(log_q), log_p)
 
 
 def _unit(g: Array, norm: str) -> Array:
@@ -108,22 +118,32 @@ def adversarial_loss(forward: Callable[[Array], Array], clean_output: Array, sha
       kind: classification | binary | regression (see `divergence`).
       key: PRNG key for δ₀.
 
-    δ₀ ~ N(0, σ²); K times: δ ← Π_ε(δ + η g/‖g‖) with g = ∇_δ ℓ_s(f(x + δ), sg(f(x))). δ is then a constant and
-    ℓ_s(f(x + δ), f(x)) sends gradients into θ through both outputs (MT-DNN's SymKlCriterion(logits,
-    adv_logits): each KL direction into its log-probability side only). Each ascent step ends with the
-    projection, so ε = 0 gives δ = 0 and a loss of exactly 0. δ stays float32 whatever `forward` computes in,
-    but a bfloat16 model adds it to embeddings of magnitude ~1 whose spacing is ~4e-3: the paper's ε = 1e-5 is
-    mostly rounded away there and the loss is ~0.
+    δ₀ ~ N(0, σ²); K times: δ ← Π_ε(δ + η g/‖g‖) with g = ∇_δ ℓ_s(f(x + δ), sg(f(x))) (K = 0: δ = Π_ε(δ₀)). δ is
+    then a constant and ℓ_s(f(x + δ), f(x)) sends gradients into θ through both outputs (MT-DNN's
+    SymKlCriterion(logits, adv_logits): each KL direction into its log-probability side only). With
+    `cfg.samples` S > 1, S starts are drawn and refined, and each example keeps the largest of its S divergences
+    (report 001's max over random perturbations); S = 1 uses `key` itself. Every δ ends projected, so ε = 0
+    gives δ = 0 and a loss of exactly 0. δ stays float32 whatever `forward` computes in, but a bfloat16 model
+    adds it to embeddings of magnitude ~1 whose spacing is ~4e-3: the paper's ε = 1e-5 is mostly rounded away
+    there and the loss is ~0.
     """
     target = jax.lax.stop_gradient(clean_output)
     # With the target constant the KL kinds reduce to ∇_δ KL(f(x)‖f(x + δ)) (see `divergence`), VAT's
     # power-iteration step.
     ascent = jax.grad(lambda d: divergence(forward(d), target, kind))
-    delta = cfg.noise_std * jax.random.normal(key, shape, jnp.float32)
-    for _ in range(cfg.steps):
-        g = ascent(delta)
-        delta = _project(delta + cfg.step_size * _unit(g, cfg.norm), cfg.epsilon, cfg.norm)
-    return divergence(forward(jax.lax.stop_gradient(delta)), clean_output, kind)
+
+    def perturbation(key):
+        delta = cfg.noise_std * jax.random.normal(key, shape, jnp.float32)
+        if not cfg.steps:
+            return _project(delta, cfg.epsilon, cfg.norm)
+        for _ in range(cfg.steps):
+            delta = _project(delta + cfg.step_size * _unit(ascent(delta), cfg.norm), cfg.epsilon, cfg.norm)
+        return delta
+
+    keys = [key] if cfg.samples == 1 else list(jax.random.split(key, cfg.samples))
+    per_sample = [example_divergence(forward(jax.lax.stop_gradient(perturbation(k))), clean_output, kind)
+                  for k in keys]
+    return jnp.mean(functools.reduce(jnp.maximum, per_sample))
 
 
 def bregman_loss(output: Array, teacher_output: Array, kind: str) -> Array:

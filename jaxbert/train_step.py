@@ -21,7 +21,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxbert import gradients, losses, smart
-from jaxbert.heads import NUM_CLASSES, MultitaskBert
+from jaxbert.heads import NUM_CLASSES, MultitaskBert, head_of
 from jaxbert.losses import TASK_LOSS, combine_losses
 from jaxbert.smart import SmartConfig
 
@@ -55,7 +55,8 @@ class Objective:
     supervised contrastive loss on the sentence embeddings of the classification tasks, `simcse_weight`
     unsupervised SimCSE on the sentences of `simcse_tasks`; both see two dropout views of every sentence, made by
     running each batch twice in one call. `smart` adds SMART's adversarial term and, with `bregman_weight` > 0,
-    its proximal term against an EMA teacher, to every task with a prediction to smooth (not nli).
+    its proximal term against an EMA teacher, to each task of `smart_tasks` (None: every task with a prediction
+    to smooth, which nli has not).
     """
 
     sst_loss: str = "ce"  # ce | ordinal
@@ -67,6 +68,7 @@ class Objective:
     simcse_tasks: tuple[str, ...] = ()
     simcse_temperature: float = 0.05
     smart: SmartConfig | None = None
+    smart_tasks: tuple[str, ...] | None = None
     sts_loss: str = "mse"  # mse | cosine_embedding
     cosine_embedding_threshold: float = 2.5
     cosine_embedding_margin: float = 0.0
@@ -74,6 +76,11 @@ class Objective:
     def two_views(self, task: str) -> bool:
         supcon = self.supcon_weight > 0 and task in NUM_CLASSES
         return supcon or (self.simcse_weight > 0 and task in self.simcse_tasks)
+
+    def smooths(self, task: str) -> bool:
+        """Whether SMART regularizes `task`."""
+        return (self.smart is not None and task in smart.TASK_KIND
+                and (self.smart_tasks is None or task in self.smart_tasks))
 
     def head_loss(self, task: str, output: jax.Array, labels: jax.Array | None, sentences: jax.Array) -> jax.Array:
         """The loss of `task`'s head output `[batch, ...]`, or of its sentence embeddings `sentences`
@@ -114,6 +121,33 @@ def partly_frozen_optimizer(tx: optax.GradientTransformation, params: Any,
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
+def untouched_groups(params: Any, tasks: Collection[str]) -> list[str]:
+    """The top-level param groups that no loss of `tasks` reaches: the heads and PALs of the other tasks.
+
+    An update leaves them exactly as they were, optimizer moments included, as PyTorch's optimizers skip a
+    parameter whose gradient is None: a zero gradient would still move them by Adam's momentum and weight decay.
+    """
+    touched = {"bert"} | {name for task in tasks for name in (head_of(task), f"pal_{head_of(task)}")}
+    return [name for name in params if name not in touched]
+
+
+def restore_groups(tx: optax.GradientTransformation, new_state: TrainState, old_state: TrainState,
+                   groups: Collection[str]) -> TrainState:
+    """`new_state` with the param groups `groups` and their slices of the optimizer state (Adam's moments, not
+    its shared step count) as they are in `old_state`."""
+    if not groups:
+        return new_state
+    old_groups = {name: jax.tree.map(lambda _: name in groups, tree) for name, tree in new_state.params.items()}
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731  a frozen group's absent state
+    from_old = optax.tree_utils.tree_map_params(tx, lambda leaf, old: leaf if masked(leaf) else old,
+                                                new_state.opt_state, old_groups,
+                                                transform_non_params=lambda _: False, is_leaf=masked)
+    pick = lambda use_old, new, old: old if use_old else new  # noqa: E731
+    return new_state.replace(
+        params={name: old_state.params[name] if name in groups else tree for name, tree in new_state.params.items()},
+        opt_state=jax.tree.map(pick, from_old, new_state.opt_state, old_state.opt_state))
+
+
 def _twice(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return {k: jnp.concatenate([v, v]) for k, v in batch.items() if k != "labels"}
 
@@ -148,7 +182,7 @@ def task_loss_fns(model: MultitaskBert, batches: Batches, dropout_key: jax.Array
                 if objective.simcse_weight > 0 and task in objective.simcse_tasks:
                     parts["simcse"] = objective.simcse_weight * losses.simcse_loss(
                         first, second, objective.simcse_temperature)
-            if objective.smart is not None and task in smart.TASK_KIND:
+            if objective.smooths(task):
                 cfg, kind = objective.smart, smart.TASK_KIND[task]
                 adversarial = smart.adversarial_loss(lambda d: forward(params, d)[0], output,
                                                      model.encoder_input_shape(task, inputs), kind, smart_key, cfg)
@@ -222,6 +256,14 @@ def accumulate(gradients_of: Callable[[Batches, jax.Array], Any], batches: Batch
 
 
 SURGERIES = ("none", "pcgrad", "pcgrad_two_updates", "gradvac", "cagrad", "mgda", "imtl_g")
+UPDATES = ("joint", "per_task")
+
+
+def updates_per_step(surgery: str, updates: str, num_tasks: int) -> int:
+    """Optimizer updates one step applies to a batch of `num_tasks` tasks. The LR schedule counts updates."""
+    if updates == "per_task":
+        return num_tasks
+    return 2 if surgery == "pcgrad_two_updates" else 1
 
 
 def stack_seeds(trees: Sequence[Any]) -> Any:
@@ -244,6 +286,7 @@ def make_train_step(
     objective: Objective = Objective(),
     gradvac_beta: float = 0.01,
     accumulation_steps: int = 1,
+    updates: str = "joint",
 ) -> Callable[[TrainState, Batches], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds `train_step(state, batches) -> (state, metrics)`, not yet jitted.
 
@@ -259,6 +302,10 @@ def make_train_step(
     step's starting point (the "gradient surgery experiment" of the reports: two optimizer steps, one backward
     pass per task); `cagrad`, `mgda`, `imtl_g`.
 
+    `updates` "per_task" makes one optimizer update per task instead, in turn (tasks in sorted order), each from
+    that task's loss (times its weight under `loss_combination` "weights") at the params the previous task's
+    update left: the course baseline's loop of backward and optimizer step per task (report 002's "Baseline").
+
     `accumulation_steps` > 1 splits every task's batch into that many micro-batches and averages their gradients
     (per task, for surgery) before the single update: see `accumulate`.
     """
@@ -269,11 +316,18 @@ def make_train_step(
                          f"{base_key.dtype}{list(base_key.shape)}")
     if accumulation_steps > 1 and loss_combination == "balanced":
         raise ValueError("loss combination 'balanced' weighs tasks by the whole batch's losses: it cannot accumulate")
+    if updates not in UPDATES:
+        raise ValueError(f"updates {updates!r} is not one of {', '.join(UPDATES)}")
+    if updates == "per_task" and (surgery != "none" or loss_combination not in ("sum", "weights")):
+        raise ValueError(f"per-task updates apply each task's own loss: they take no surgery (got {surgery!r}) and "
+                         f"loss combination sum or weights (got {loss_combination!r})")
     reduction = "mean" if loss_combination == "mean" else "sum"
 
-    def apply(state, grads, params):
-        updates, opt_state = tx.update(grads, state.opt_state, params)
-        return state.replace(params=optax.apply_updates(params, updates), opt_state=opt_state)
+    def apply(state, grads, tasks):
+        """One optimizer update from `grads`, the gradient of `tasks`' losses (see `untouched_groups`)."""
+        deltas, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(params=optax.apply_updates(state.params, deltas), opt_state=opt_state)
+        return restore_groups(tx, new_state, state, untouched_groups(state.params, tasks))
 
     def gradients_of(params, teacher, batches, dropout_key):
         """`(results, grads)`: the combined loss's gradient, or with surgery each task's own."""
@@ -282,33 +336,61 @@ def make_train_step(
             return joint_gradient(fns, params, loss_combination, loss_weights)
         return per_task_gradients(fns, params)
 
-    def seed_step(state: TrainState, batches: Batches, base_key: jax.Array):
-        dropout_key = jax.random.fold_in(base_key, state.step)
-        surgery_key = jax.random.fold_in(dropout_key, len(batches))  # a stream the dropout keys do not use
-        extra = dict(state.extra)
+    def task_gradient(task, params, teacher, batches, dropout_key):
+        """`(results, grad)` of `task`'s own loss; its dropout stream is the one a joint step gives it."""
+        fn = task_loss_fns(model, batches, dropout_key, objective, teacher)[task]
+        weight = loss_weights[task] if loss_combination == "weights" else 1.0
+
+        def weighted(p):
+            task_loss, parts = fn(p)
+            return weight * task_loss, (task_loss, parts)
+
+        (_, results), grad = jax.value_and_grad(weighted, has_aux=True)(params)
+        return results, grad
+
+    def per_task_update(state, batches, dropout_key):
+        new_state, results, applied = state, {}, []
+        for task in sorted(batches):
+            results[task], grad = accumulate(partial(task_gradient, task, new_state.params,
+                                                     state.extra.get("teacher")),
+                                             batches, dropout_key, accumulation_steps)
+            new_state = apply(new_state, grad, [task])
+            applied.append(grad)
+        loss = combine_losses({t: l for t, (l, _) in results.items()}, loss_combination, loss_weights)
+        return new_state, results, jax.tree.map(lambda *g: sum(g), *applied), loss
+
+    def joint_update(state, batches, dropout_key, surgery_key, extra):
         results, grads = accumulate(partial(gradients_of, state.params, state.extra.get("teacher")), batches,
                                     dropout_key, accumulation_steps)
         task_losses = {t: l for t, (l, _) in results.items()}
         if surgery == "none":
-            loss = combine_losses(task_losses, loss_combination, loss_weights)
-            new_state = apply(state, grads, state.params)
+            return (apply(state, grads, batches), results, grads,
+                    combine_losses(task_losses, loss_combination, loss_weights))
+        task_grads = grads
+        shared = [task_grads[t]["bert"] for t in sorted(batches)]
+        if surgery in ("pcgrad", "pcgrad_two_updates"):
+            encoder = gradients.pcgrad(shared, surgery_key, reduction)
+        elif surgery == "gradvac":
+            encoder, extra["gradvac_targets"] = gradients.gradvac(
+                shared, surgery_key, state.extra["gradvac_targets"], gradvac_beta, reduction)
         else:
-            task_grads = grads
-            loss = combine_losses(task_losses, reduction)
-            shared = [task_grads[t]["bert"] for t in sorted(batches)]
-            if surgery in ("pcgrad", "pcgrad_two_updates"):
-                encoder = gradients.pcgrad(shared, surgery_key, reduction)
-            elif surgery == "gradvac":
-                encoder, extra["gradvac_targets"] = gradients.gradvac(
-                    shared, surgery_key, state.extra["gradvac_targets"], gradvac_beta, reduction)
-            else:
-                encoder = gradients.aggregate(surgery, shared, surgery_key)
-            grads = combine_task_gradients(list(task_grads.values()), state.params, encoder)
-            new_state = apply(state, grads, state.params)
-            if surgery == "pcgrad_two_updates":
-                plain = combine_task_gradients(list(task_grads.values()), state.params,
-                                               gradients.aggregate(reduction, shared))
-                new_state = apply(new_state, plain, new_state.params)
+            encoder = gradients.aggregate(surgery, shared, surgery_key)
+        grads = combine_task_gradients(list(task_grads.values()), state.params, encoder)
+        new_state = apply(state, grads, batches)
+        if surgery == "pcgrad_two_updates":
+            plain = combine_task_gradients(list(task_grads.values()), state.params,
+                                           gradients.aggregate(reduction, shared))
+            new_state = apply(new_state, plain, batches)
+        return new_state, results, grads, combine_losses(task_losses, reduction)
+
+    def seed_step(state: TrainState, batches: Batches, base_key: jax.Array):
+        dropout_key = jax.random.fold_in(base_key, state.step)
+        surgery_key = jax.random.fold_in(dropout_key, len(batches))  # a stream the dropout keys do not use
+        extra = dict(state.extra)
+        if updates == "per_task":
+            new_state, results, grads, loss = per_task_update(state, batches, dropout_key)
+        else:
+            new_state, results, grads, loss = joint_update(state, batches, dropout_key, surgery_key, extra)
         if "teacher" in extra:
             extra["teacher"] = smart.update_teacher(extra["teacher"], new_state.params,
                                                     objective.smart.teacher_momentum)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from jaxbert import data as data_lib
 from jaxbert.checkpoint import CheckpointStore
-from jaxbert.config import Config, TrainConfig, resolve_stage, save_config, stage_names, to_dict
+from jaxbert.config import Config, TrainConfig, resolve_stage, save_config, smart_options, stage_names, to_dict
 from jaxbert.convert import load_pretrained, resolve_hf_folder, PARAMS_DIR
 from jaxbert.heads import HeadSpec, MultitaskBert
 from jaxbert.metrics import summarize, task_metric
@@ -45,7 +45,7 @@ from jaxbert.tokenization import BertTokenizer
 from jaxbert.smart import SmartConfig
 from jaxbert.train_step import (Objective, TrainState, create_train_state, data_mesh, initial_extra, jit_predict_step,
                                 jit_train_step, make_predict_step, make_train_step, partly_frozen_optimizer, replicate,
-                                seed_slice, shard_batch, stack_seeds)
+                                seed_slice, shard_batch, stack_seeds, updates_per_step)
 
 # The course's prediction-file headers, kept verbatim (typo included) so its scripts read our files.
 PREDICTION_HEADERS = {"sst": "Predicted_Sentiment", "cfimdb": "Predicted_Sentiment", "para": "Predicted_Is_Paraphrase",
@@ -210,11 +210,11 @@ def dev_score(dev_metrics: dict[str, Any]) -> float | None:
 
 def objective_from_config(config: Config) -> Objective:
     losses, s = config.losses, config.smart
-    smart = SmartConfig(s.weight, s.noise_std, s.step_size, s.epsilon, s.steps, s.norm, s.bregman_weight,
-                        s.teacher_momentum) if s.enabled else None
+    smart = SmartConfig(**smart_options(s)) if s.enabled else None
     return Objective(losses.sst, losses.label_smoothing, losses.ordinal_alpha, losses.supcon_weight,
                      losses.supcon_temperature, losses.simcse_weight, tuple(losses.simcse_tasks),
-                     losses.simcse_temperature, smart, sts_loss=losses.sts,
+                     losses.simcse_temperature, smart, None if s.tasks is None else tuple(s.tasks),
+                     sts_loss=losses.sts,
                      cosine_embedding_threshold=losses.cosine_embedding_threshold,
                      cosine_embedding_margin=losses.cosine_embedding_margin)
 
@@ -440,21 +440,21 @@ def frozen_params(run_tasks: list[str], config: Config, params: Any) -> set[str]
 
 
 def stage_step(run: Run, stage: Stage, params: Any,
-               total_steps: int) -> tuple[optax.GradientTransformation, Callable]:
-    """The stage's optimizer (its learning rate and schedule laid out over its `total_steps`, its frozen params
+               total_updates: int) -> tuple[optax.GradientTransformation, Callable]:
+    """The stage's optimizer (its learning rate and schedule laid out over its `total_updates`, its frozen params
     left alone) and its jitted train step (its tasks, loss combination, surgery, frozen encoder or not; vmapped
     over the seeds of a stacked run, whose `base_key` is a stack of keys)."""
     entry = stage.index % max(len(run.config.stages), 1)
     if entry not in run.steps:
         config, t = stage.config, stage.config.train
-        tx = make_optimizer(t.lr, max(total_steps, 1), warmup_ratio=t.warmup_ratio, schedule=t.schedule,
+        tx = make_optimizer(t.lr, max(total_updates, 1), warmup_ratio=t.warmup_ratio, schedule=t.schedule,
                             weight_decay=t.weight_decay, clip_norm=t.clip_norm, eps=t.eps)
         frozen = frozen_params(run.config.tasks, config, params)
         if frozen:
             tx = partly_frozen_optimizer(tx, params, frozen)
         model = run.model.clone(freeze_encoder=config.model.freeze_encoder)
         train_step = make_train_step(model, tx, run.base_key, t.loss_combination, t.loss_weights, t.surgery,
-                                     objective_from_config(config), t.gradvac_beta, t.accumulation_steps)
+                                     objective_from_config(config), t.gradvac_beta, t.accumulation_steps, t.updates)
         run.steps[entry] = tx, jit_train_step(train_step, run.mesh)
     return run.steps[entry]
 
@@ -474,10 +474,13 @@ def run_stage(run: Run, stage: Stage, params: Any, start_step: jax.Array, positi
     train = {task: splits["train"] for task, splits in run.data.items() if task in config.tasks}
     epoch_steps = steps_in_run(config, train)
     total_steps = sum(epoch_steps)
+    total_updates = sum(updates_per_step(t.surgery, t.updates, len(step))
+                        for epoch, steps in enumerate(epoch_steps)
+                        for step in plan_for(config, train, epoch, stage.plan_seed)[:steps])
     if t.batch_size % (t.accumulation_steps * run.mesh.devices.size):
         raise ValueError(f"train.batch_size {t.batch_size} is not divisible by train.accumulation_steps "
                          f"{t.accumulation_steps} × the {run.mesh.devices.size} devices (each device's micro-batch)")
-    tx, train_step = stage_step(run, stage, params, total_steps)
+    tx, train_step = stage_step(run, stage, params, total_updates)
 
     def initial_state(params):
         extra = initial_extra(params, len(config.tasks), t.surgery, objective_from_config(config))

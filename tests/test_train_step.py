@@ -21,7 +21,7 @@ from jaxbert.gradients import gradvac, gradvac_init, pcgrad
 from jaxbert.train_step import (Objective, accumulate, create_train_state, data_mesh, initial_extra,
                                 jit_predict_step, jit_train_step, make_predict_step, make_train_step,
                                 partly_frozen_optimizer, replicate, seed_slice, shard_batch, stack_seeds,
-                                task_loss_fns)
+                                task_loss_fns, updates_per_step)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -303,3 +303,66 @@ def test_balanced_combination_cannot_accumulate():
     model, _, _ = tiny_setup()
     with pytest.raises(ValueError, match="'balanced'"):
         make_train_step(model, optax.sgd(1.0), jax.random.key(0), "balanced", accumulation_steps=2)
+
+
+@pytest.mark.parametrize("combination, weights", [("sum", None), ("weights", {"para": 2.0, "sst": 1.0, "sts": 0.5})])
+def test_per_task_updates_step_one_task_after_another(combination, weights):
+    """`updates="per_task"`: para, then sst, then sts, each update from that task's (weighted) loss at the params
+    the previous one left, with the dropout stream a joint step gives the task."""
+    model, params, batches = tiny_setup(HeadSpec(sts_head="cosine_concat"))
+    tx, key = optax.sgd(1.0), jax.random.key(1)
+    state = create_train_state(jax.tree.map(jnp.array, params), tx)
+    step = make_train_step(model, tx, key, combination, weights, updates="per_task")
+    new, metrics = jax.jit(step)(state, batches)
+
+    expected, losses = params, {}
+    for task in ("para", "sst", "sts"):
+        fn = task_loss_fns(model, batches, jax.random.fold_in(key, 0))[task]
+        (losses[task], _), grad = jax.value_and_grad(fn, has_aux=True)(expected)
+        weight = 1.0 if weights is None else weights[task]
+        expected = jax.tree.map(lambda p, g: p - weight * g, expected, grad)
+    assert_tree_close(new.params, expected, atol=1e-6)
+    for task, value in losses.items():
+        np.testing.assert_allclose(metrics[f"loss/{task}"], value, rtol=1e-5)
+    np.testing.assert_allclose(metrics["loss"], combine_losses(losses, combination, weights), rtol=1e-5)
+    assert int(new.step) == 1
+
+
+def test_untouched_heads_keep_their_params_and_adam_moments():
+    """A head whose task has no loss in an update neither moves nor has its moments decayed, as PyTorch skips a
+    parameter without a gradient: in a joint step on sst alone, and between the updates of a per-task step."""
+    model, params, batches = tiny_setup(HeadSpec(sts_head="cosine_concat"))
+    tx, key = make_optimizer(1e-3, 10, weight_decay=0.01), jax.random.key(1)
+    state = create_train_state(jax.tree.map(jnp.array, params), tx)
+    adam = lambda s: s.opt_state[-1]  # noqa: E731  make_optimizer's chain ends with the AdamW state
+
+    alone, _ = jax.jit(make_train_step(model, tx, key))(state, {"sst": batches["sst"]})
+    for head in ("para", "sts"):
+        assert_tree_close(alone.params[head], params[head], atol=0)
+        assert not any(np.any(m) for m in jax.tree.leaves(adam(alone).mu[head]))
+    assert not np.allclose(alone.params["sst"]["bias"], params["sst"]["bias"])
+
+    new, _ = jax.jit(make_train_step(model, tx, key, updates="per_task"))(state, batches)
+    assert int(adam(new).count) == 3  # one AdamW count, advanced by every update
+    # para's update came first: a later zero-gradient update would have decayed its moment by b1 = 0.9 each.
+    fn = task_loss_fns(model, batches, jax.random.fold_in(key, 0))["para"]
+    grad = jax.grad(fn, has_aux=True)(params)[0]
+    assert_tree_close(adam(new).mu["para"], jax.tree.map(lambda g: 0.1 * g, grad["para"]), atol=1e-9)
+
+
+def test_per_task_updates_reject_surgery_and_other_combinations():
+    model, _, _ = tiny_setup()
+    for surgery, combination in (("pcgrad", "sum"), ("none", "mean"), ("none", "balanced")):
+        with pytest.raises(ValueError, match="per-task updates"):
+            make_train_step(model, optax.sgd(1.0), jax.random.key(0), combination, surgery=surgery,
+                            updates="per_task")
+    with pytest.raises(ValueError, match="updates 'each'"):
+        make_train_step(model, optax.sgd(1.0), jax.random.key(0), updates="each")
+
+
+def test_updates_per_step_counts_the_updates_the_schedule_sees():
+    assert updates_per_step("none", "joint", 3) == 1
+    assert updates_per_step("pcgrad", "joint", 3) == 1
+    assert updates_per_step("pcgrad_two_updates", "joint", 3) == 2
+    assert updates_per_step("none", "per_task", 3) == 3
+    assert updates_per_step("none", "per_task", 1) == 1

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import save_tiny_hf_bert
-from jaxbert import checkpoint as checkpoint_lib
+from jaxbert import checkpoint as checkpoint_lib, training
 from jaxbert.config import load_config
 from jaxbert.training import train_and_evaluate
 
@@ -202,3 +202,18 @@ def test_accumulation_and_remat_train_the_same_model(workspace):
                 zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
     print("largest parameter difference", worst)
     assert worst < 1e-5
+
+
+@pytest.mark.parametrize("extra, updates_per_step", [
+    ((), 1), (("--train.updates=per_task",), 3), (("--train.surgery=pcgrad_two_updates",), 2),
+    (("--train.updates=per_task", "--sampler=annealed", "--steps-per-epoch=5"), 1),  # one task per step
+])
+def test_schedule_is_laid_out_over_optimizer_updates(workspace, monkeypatch, tmp_path, extra, updates_per_step):
+    """A linear schedule reaches zero at the run's last optimizer update, however many updates a step makes."""
+    laid_out = []
+    real = training.make_optimizer
+    monkeypatch.setattr(training, "make_optimizer", lambda lr, total, **kw: laid_out.append(total) or real(
+        lr, total, **kw))
+    result = train_and_evaluate(run_config(workspace, tmp_path / "out", "--epochs=1",
+                                           "--schedule=linear", *extra), log=lambda _: None)
+    assert result["steps"] == 5 and laid_out == [5 * updates_per_step]
