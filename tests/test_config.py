@@ -194,3 +194,22 @@ def test_stages_on_the_command_line():
         load_config(None, parse_overrides(["--stages=heads"]))
     with pytest.raises(ConfigError, match="train.stage_cycles: expected an integer"):
         load_config(None, parse_overrides(["--stage-cycles=twice"]))
+
+
+def test_report_recipes_and_their_errors():
+    """Per-task updates (report 002's baseline) and SMART on chosen tasks with several random starts (001)."""
+    config = load_config(None, parse_overrides(["--train.updates=per_task", "--smart", "--smart.tasks=sst",
+                                                "--smart.samples=7", "--smart.steps=0"]))
+    assert (config.train.updates, config.smart.tasks, config.smart.samples, config.smart.steps) == (
+        "per_task", ["sst"], 7, 0)
+    with pytest.raises(ConfigError, match="train.updates 'per_task'.*surgery none.*'pcgrad'"):
+        load_config(None, parse_overrides(["--train.updates=per_task", "--pcgrad"]))
+    with pytest.raises(ConfigError, match="train.updates 'per_task'.*sum or weights.*'mean'"):
+        load_config(None, parse_overrides(["--train.updates=per_task", "--train.loss_combination=mean"]))
+    with pytest.raises(ConfigError, match="train.updates is 'each'"):
+        load_config(None, parse_overrides(["--train.updates=each"]))
+    with pytest.raises(ConfigError, match=re.escape("smart.tasks ['cfimdb'] must be a non-empty subset of the "
+                                                    "run's tasks with a prediction to smooth: sst, para, sts")):
+        load_config(None, parse_overrides(["--smart.tasks=cfimdb"]))
+    with pytest.raises(ConfigError, match="smart: SmartConfig.samples must be an integer >= 1"):
+        load_config(None, parse_overrides(["--smart.samples=0"]))

@@ -483,3 +483,18 @@ def test_train_with_nli_and_tweet(workspace):
     alone = train_and_evaluate(run_config(workspace, root / "nli", "--tasks=nli", "--epochs=1"), log=lambda _: None)
     assert alone["metrics"] == {} and alone["best_epoch"] == 1 and alone["steps"] == 3
     assert (root / "nli" / "results.json").is_file() and not (root / "nli" / "dev_curves.png").exists()
+
+
+def test_classifier_activation_squares_the_relu_of_the_sentiment_logits():
+    """Report 001's sentiment head: linear, then squared ReLU on its logits; other heads are untouched."""
+    model, params, batches = build(("sst", "para"), HeadSpec())
+    squared = model.clone(heads=HeadSpec(classifier_activation="squared_relu"))
+    logits = np.asarray(model.apply({"params": params}, "sst", batches["sst"]), np.float64)
+    np.testing.assert_allclose(squared.apply({"params": params}, "sst", batches["sst"]),
+                               np.maximum(logits, 0) ** 2, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(squared.apply({"params": params}, "para", batches["para"]),
+                                  model.apply({"params": params}, "para", batches["para"]))
+    with pytest.raises(ValueError, match="classifier_activation 'softplus'"):
+        HeadSpec(classifier_activation="softplus")
+    with pytest.raises(ConfigError, match="heads.classifier_activation is 'softplus'"):
+        load_config(None, parse_overrides(["--heads.classifier_activation=softplus"]))

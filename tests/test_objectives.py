@@ -108,3 +108,14 @@ def test_smart_terms():
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
     later = losses_at(model, new.params, batches, objective, teacher=new.extra["teacher"])
     assert float(later["sst"][1]["bregman"]) > 0
+
+
+def test_smart_tasks_limit_the_regularizer():
+    """`smart_tasks=("sst",)` (report 001): only sst gets the adversarial and proximal terms."""
+    model, params, batches = tiny_setup()
+    objective = Objective(smart=SmartConfig(epsilon=1e-3, noise_std=1e-3), smart_tasks=("sst",))
+    results = losses_at(model, params, batches, objective, teacher=params)
+    assert {task: set(parts) for task, (_, parts) in results.items()} == {
+        "sst": {"head", "smart", "bregman"}, "para": {"head"}, "sts": {"head"}}
+    everywhere = losses_at(model, params, batches, Objective(smart=objective.smart), teacher=params)
+    np.testing.assert_allclose(results["sst"][1]["smart"], everywhere["sst"][1]["smart"], rtol=1e-6)

@@ -197,10 +197,44 @@ def test_update_teacher_against_numpy():
 
 @pytest.mark.parametrize("field, value", [
     ("weight", -1.0), ("noise_std", float("nan")), ("step_size", -1e-3), ("epsilon", float("inf")),
-    ("epsilon", "1e-5"), ("steps", 0), ("steps", 1.5), ("norm", "l1"), ("bregman_weight", -0.5),
+    ("epsilon", "1e-5"), ("steps", -1), ("steps", 1.5), ("samples", 0), ("samples", 2.0), ("norm", "l1"), ("bregman_weight", -0.5),
     ("teacher_momentum", 1.5), ("teacher_momentum", -0.1),
 ])
 def test_config_errors_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"SmartConfig.{field} "):
         SmartConfig(**{field: value})
     assert SmartConfig(epsilon=0, steps=3, norm="l2", teacher_momentum=1.0).steps == 3
+
+
+@pytest.mark.parametrize("norm", ["inf", "l2"])
+def test_random_starts_without_ascent_keep_each_examples_largest_divergence(norm):
+    """K = 0, S = 3 (report 001): δ_s = Π_ε(σ z_s) for the keys split from `key`; loss = mean_b max_s ℓ_s(b)."""
+    forward, w = linear_toy("regression")
+    cfg = SmartConfig(noise_std=0.5, epsilon=0.2, steps=0, samples=3, norm=norm)
+    key = jax.random.key(8)
+    loss = adversarial_loss(forward, forward(jnp.zeros(SHAPE)), SHAPE, "regression", key, cfg)
+
+    w = np.asarray(w[..., 0], np.float64)
+    per_sample = []
+    for k in jax.random.split(key, 3):
+        delta = cfg.noise_std * np.asarray(jax.random.normal(k, SHAPE, jnp.float32), np.float64)
+        if norm == "inf":
+            delta = np.clip(delta, -cfg.epsilon, cfg.epsilon)
+        else:
+            delta *= np.minimum(1, cfg.epsilon / np.linalg.norm(delta.reshape(len(delta), -1), axis=1))[:, None, None]
+        per_sample.append(np.einsum("bsh,sh->b", delta, w) ** 2)
+    per_sample = np.stack(per_sample)
+    np.testing.assert_allclose(float(loss), per_sample.max(0).mean(), rtol=1e-5)
+    assert per_sample.max(0).mean() > per_sample.mean(), "the largest of 3 must beat their average here"
+
+
+def test_no_ascent_step_scores_the_projected_start_and_one_step_beats_it():
+    forward, _ = linear_toy("classification")
+    clean, key = forward(jnp.zeros(SHAPE)), jax.random.key(9)
+    one = adversarial_loss(forward, clean, SHAPE, "classification", key, SmartConfig(noise_std=0.1, epsilon=0.1))
+    noise = 0.1 * jax.random.normal(key, SHAPE, jnp.float32)
+    steps_zero = adversarial_loss(forward, clean, SHAPE, "classification", key,
+                                  SmartConfig(noise_std=0.1, epsilon=0.1, steps=0))
+    np.testing.assert_allclose(float(steps_zero), float(divergence(forward(jnp.clip(noise, -0.1, 0.1)), clean,
+                                                                   "classification")), rtol=1e-6)
+    assert float(one) > float(steps_zero)  # the ascent step helps
