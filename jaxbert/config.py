@@ -50,6 +50,7 @@ class HeadsConfig:
     para_prompt: str | None = None  # text placed before a cross-encoded paraphrase pair
     pal_size: int = 0  # projected attention layers: each task's low-rank attention width (0: off; 204 in the paper)
     pal_heads: int = 12
+    pal_function: str = "attention"  # attention | identity: g of TS(h) = V^D g(V^E h) (report 004: identity)
 
 
 @dataclasses.dataclass
@@ -118,6 +119,7 @@ class SmartOptions:
     steps: int = 1  # K (0: the random start alone)
     samples: int = 1  # random starts, the largest divergence kept per example (report 001: 7)
     norm: str = "inf"  # inf | l2
+    ascent: str = "projected"  # projected (the paper) | normalized (smart-pytorch: ε guards a division)
     bregman_weight: float = 1.0  # μ (0: no proximal term and no teacher)
     teacher_momentum: float = 0.99  # β of the EMA teacher
     tasks: list[str] | None = None  # the tasks regularized (None: every one with a prediction; report 001: [sst])
@@ -356,6 +358,7 @@ CHOICES = {
     "heads.sts_head": ("cosine", "sigmoid_cosine", "cosine_concat", "linear"),
     "heads.activation": ("relu", "gelu", "tanh", "squared_relu"),
     "heads.classifier_activation": ("none", "relu", "gelu", "tanh", "squared_relu"),
+    "heads.pal_function": ("attention", "identity"),
     "data.source": ("local", "hf"),
     "train.sampler": ("roundrobin", "sequential", "proportional", "annealed"),
     "train.epoch_length": ("min", "max", "steps"),
@@ -366,6 +369,7 @@ CHOICES = {
     "losses.sst": ("ce", "ordinal"),
     "losses.sts": ("mse", "cosine_embedding"),
     "smart.norm": ("inf", "l2"),
+    "smart.ascent": ("projected", "normalized"),
 }
 # Bare flags that stand for a setting: `--pcgrad` is `--train.surgery=pcgrad`, `--smart` is `--smart.enabled`.
 SHORTHANDS = {**{name: ("train.surgery", name) for name in CHOICES["train.surgery"] if name != "none"},

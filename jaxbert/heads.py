@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbert.modeling import ACTIVATIONS as ENCODER_ACTIVATIONS
-from jaxbert.modeling import BertConfig, BertModel, Execution, ProjectedAttention, dense_init
+from jaxbert.modeling import PAL_FUNCTIONS, BertConfig, BertModel, Execution, ProjectedAttention, dense_init
 
 Array = jax.Array
 Dtype = Any
@@ -61,6 +61,7 @@ class HeadSpec:
     classifier_activation: str = "none"  # on the sentiment classifiers' logits: report 001's squared_relu
     pal_size: int = 0  # width of each task's projected attention layers (PALs); 0 = none, 204 in the paper
     pal_heads: int = 12
+    pal_function: str = "attention"  # attention | identity (report 004: TS(h) = V^D V^E h)
 
     def __post_init__(self):
         if self.pal_heads < 1:
@@ -68,6 +69,8 @@ class HeadSpec:
         if self.pal_size < 0 or self.pal_size % self.pal_heads:
             raise ValueError(f"pal_size {self.pal_size} is neither 0 (no PALs) nor a positive multiple of "
                              f"pal_heads {self.pal_heads}")
+        if self.pal_function not in PAL_FUNCTIONS:
+            raise ValueError(f"pal_function {self.pal_function!r} is not one of {', '.join(PAL_FUNCTIONS)}")
         # Stored as sorted pairs so the spec stays hashable.
         object.__setattr__(self, "task_hidden_layers", tuple(sorted(dict(self.task_hidden_layers).items())))
         for task, layers in (("hidden_layers", self.hidden_layers), *self.task_hidden_layers):
@@ -199,8 +202,8 @@ class MultitaskBert(nn.Module):
                 head[name] = mlp(NUM_CLASSES.get(name, 1), spec.layers(name), name)
         self.head = head
         # Owned here, not by `bert`, so each task's PALs are a top-level key of their own, like its head.
-        self.pal = {task: ProjectedAttention(self.config, spec.pal_size, spec.pal_heads, self.dtype,
-                                             self.param_dtype, self.execution, name=f"pal_{task}")
+        self.pal = {task: ProjectedAttention(self.config, spec.pal_size, spec.pal_heads, spec.pal_function,
+                                             self.dtype, self.param_dtype, self.execution, name=f"pal_{task}")
                     for task in owners} if spec.pal_size else {}
 
     def embed_sentences(self, task: str, batch: dict[str, Array], pooling: str, deterministic: bool,

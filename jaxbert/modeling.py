@@ -274,6 +274,9 @@ class BertLayer(nn.Module):
 Adapter = Callable[[int, Array, Array, bool], Array]
 
 
+PAL_FUNCTIONS = ("attention", "identity")
+
+
 class ProjectedAttention(nn.Module):
     """One task's projected attention layers (PALs; Stickland & Murray 2019), an `Adapter` for `BertModel.encode`.
 
@@ -282,12 +285,14 @@ class ProjectedAttention(nn.Module):
     block's LayerNorm, as in the authors' released code. V^E `[hidden, size]` and V^D `[size, hidden]` are shared
     by all layers of the task (the paper's parameter saving); each layer has its own `heads`-head attention in the
     `size`-wide space, with no output projection since V^D follows it. TS is the paper's equation as written: the
-    released code also puts a GELU after V^D.
+    released code also puts a GELU after V^D. `function` "identity" drops the attention, TS(h) = V^D V^E h: the
+    paper's low-rank layer with g the identity (report 004's PALs).
     """
 
     config: BertConfig
     size: int = 204
     heads: int = 12
+    function: str = "attention"  # attention | identity: the g of TS(h) = V^D g(V^E h)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     execution: Execution = Execution()
@@ -300,13 +305,18 @@ class ProjectedAttention(nn.Module):
         # V^D starts at zero: the branch adds nothing at step 0, so training starts from the pretrained encoder's
         # function, and V^D's gradient (through MH(V^E h) ≠ 0) is not zero, so the branch still learns.
         self.decoder = dense(cfg.hidden_size, nn.initializers.zeros)
+        if self.function not in PAL_FUNCTIONS:
+            raise ValueError(f"PAL function {self.function!r} is not one of {', '.join(PAL_FUNCTIONS)}")
         small = dataclasses.replace(cfg, hidden_size=self.size, num_attention_heads=self.heads)
         self.attention = [BertSelfAttention(small, self.dtype, self.param_dtype, self.execution)
-                          for _ in range(cfg.num_hidden_layers)]
+                          for _ in range(cfg.num_hidden_layers)] if self.function == "attention" else []
 
     def __call__(self, layer: int, h: Array, attention_mask: Array, deterministic: bool) -> Array:
         """TS(h) `[batch, seq, hidden]` of layer `layer` for its input h `[batch, seq, hidden]`."""
-        return self.decoder(self.attention[layer](self.encoder(h), attention_mask, deterministic))
+        projected = self.encoder(h)
+        if self.attention:
+            projected = self.attention[layer](projected, attention_mask, deterministic)
+        return self.decoder(projected)
 
 
 class BertEncoder(nn.Module):

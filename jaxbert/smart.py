@@ -20,6 +20,7 @@ Array = jax.Array
 PyTree = Any
 
 KINDS = ("classification", "binary", "regression")
+ASCENTS = ("projected", "normalized")
 TASK_KIND = {"sst": "classification", "cfimdb": "classification", "tweet": "classification", "para": "binary",
              "sts": "regression"}
 _TINY = 1e-30  # keeps a zero gradient or zero perturbation from dividing by zero
@@ -36,6 +37,7 @@ class SmartConfig:
     steps: int = 1  # K ascent steps (0: the random start alone, projected onto the ball)
     samples: int = 1  # random starts; each example takes its largest divergence over them (report 001: 7)
     norm: str = "inf"  # inf | l2: the ball and the gradient normalization
+    ascent: str = "projected"  # projected (the paper, MT-DNN) | normalized (the smart-pytorch library)
     bregman_weight: float = 1.0  # μ, multiplies bregman_loss
     teacher_momentum: float = 0.99  # β of θ̃ ← β θ̃ + (1 − β) θ
 
@@ -52,6 +54,8 @@ class SmartConfig:
                 raise ValueError(f"SmartConfig.{name} must be an integer >= {least}, got {value!r}")
         if self.norm not in ("inf", "l2"):
             raise ValueError(f"SmartConfig.norm must be 'inf' or 'l2', got {self.norm!r}")
+        if self.ascent not in ASCENTS:
+            raise ValueError(f"SmartConfig.ascent must be one of {', '.join(ASCENTS)}, got {self.ascent!r}")
 
 
 def _log_probs(out: Array, kind: str) -> Array:
@@ -90,13 +94,15 @@ def example_divergence(p_out: Array, q_out: Array, kind: str) -> Array:
     return kl(jax.lax.stop_gradient(log_p), log_q) + kl(jax.lax.stop_gradient(log_q), log_p)
 
 
-def _unit(g: Array, norm: str) -> Array:
-    """g `[sequences, seq, hidden]` over its norm: per token row's max |g| for inf (as MT-DNN), per example L2."""
+def _size(g: Array, norm: str) -> Array:
+    """The norm of g `[sequences, seq, hidden]`: per token row's max |g| for inf (as MT-DNN), per example L2."""
     if norm == "inf":
-        size = jnp.max(jnp.abs(g), -1, keepdims=True)
-    else:
-        size = jnp.sqrt(jnp.sum(g ** 2, axis=tuple(range(1, g.ndim)), keepdims=True))
-    return g / jnp.maximum(size, _TINY)
+        return jnp.max(jnp.abs(g), -1, keepdims=True)
+    return jnp.sqrt(jnp.sum(g ** 2, axis=tuple(range(1, g.ndim)), keepdims=True))
+
+
+def _unit(g: Array, norm: str) -> Array:
+    return g / jnp.maximum(_size(g, norm), _TINY)
 
 
 def _project(delta: Array, epsilon: float, norm: str) -> Array:
@@ -118,12 +124,14 @@ def adversarial_loss(forward: Callable[[Array], Array], clean_output: Array, sha
       kind: classification | binary | regression (see `divergence`).
       key: PRNG key for δ₀.
 
-    δ₀ ~ N(0, σ²); K times: δ ← Π_ε(δ + η g/‖g‖) with g = ∇_δ ℓ_s(f(x + δ), sg(f(x))) (K = 0: δ = Π_ε(δ₀)). δ is
-    then a constant and ℓ_s(f(x + δ), f(x)) sends gradients into θ through both outputs (MT-DNN's
+    δ₀ ~ N(0, σ²); K times: δ ← Π_ε(δ + η g/‖g‖) with g = ∇_δ ℓ_s(f(x + δ), sg(f(x))) (K = 0: δ = Π_ε(δ₀)).
+    `cfg.ascent` "normalized" takes the smart-pytorch library's step instead, δ ← (δ + η g) / (‖δ + η g‖ + ε): ε
+    only guards the division, and δ ends at unit norm (per token for inf), not inside an ε-ball (K = 0: δ = δ₀).
+    δ is then a constant and ℓ_s(f(x + δ), f(x)) sends gradients into θ through both outputs (MT-DNN's
     SymKlCriterion(logits, adv_logits): each KL direction into its log-probability side only). With
     `cfg.samples` S > 1, S starts are drawn and refined, and each example keeps the largest of its S divergences
-    (report 001's max over random perturbations); S = 1 uses `key` itself. Every δ ends projected, so ε = 0
-    gives δ = 0 and a loss of exactly 0. δ stays float32 whatever `forward` computes in, but a bfloat16 model
+    (report 001's max over random perturbations); S = 1 uses `key` itself. A projected δ ends in the ball, so
+    ε = 0 gives δ = 0 and a loss of exactly 0. δ stays float32 whatever `forward` computes in, but a bfloat16 model
     adds it to embeddings of magnitude ~1 whose spacing is ~4e-3: the paper's ε = 1e-5 is mostly rounded away
     there and the loss is ~0.
     """
@@ -132,12 +140,18 @@ def adversarial_loss(forward: Callable[[Array], Array], clean_output: Array, sha
     # power-iteration step.
     ascent = jax.grad(lambda d: divergence(forward(d), target, kind))
 
+    normalized = cfg.ascent == "normalized"
+
     def perturbation(key):
         delta = cfg.noise_std * jax.random.normal(key, shape, jnp.float32)
         if not cfg.steps:
-            return _project(delta, cfg.epsilon, cfg.norm)
+            return delta if normalized else _project(delta, cfg.epsilon, cfg.norm)
         for _ in range(cfg.steps):
-            delta = _project(delta + cfg.step_size * _unit(ascent(delta), cfg.norm), cfg.epsilon, cfg.norm)
+            if normalized:
+                step = delta + cfg.step_size * ascent(delta)
+                delta = step / (_size(step, cfg.norm) + cfg.epsilon)
+            else:
+                delta = _project(delta + cfg.step_size * _unit(ascent(delta), cfg.norm), cfg.epsilon, cfg.norm)
         return delta
 
     keys = [key] if cfg.samples == 1 else list(jax.random.split(key, cfg.samples))

@@ -139,18 +139,27 @@ def reference_encoder(bert, pal, h, mask):
         attention = np_dense(p["attention"]["output"]["dense"], np_attention(p["attention"]["self"], h, mask))
         a = np_layer_norm(p["attention"]["output"]["LayerNorm"], h + attention)
         ffn = np_dense(p["output"]["dense"], np_gelu(np_dense(p["intermediate"], a)))
-        ts = 0 if pal is None else np_dense(pal["decoder"], np_attention(pal[f"attention_{layer}"],
-                                                                          np_dense(pal["encoder"], h), mask))
+        if pal is None:
+            ts = 0
+        elif f"attention_{layer}" in pal:
+            ts = np_dense(pal["decoder"], np_attention(pal[f"attention_{layer}"], np_dense(pal["encoder"], h), mask))
+        else:  # g = identity: the low-rank linear layer
+            ts = np_dense(pal["decoder"], np_dense(pal["encoder"], h))
         h = np_layer_norm(p["output"]["LayerNorm"], a + ffn + ts)
     return h
 
 
-def test_encoder_with_random_pals_matches_numpy_reference(setup):
+@pytest.mark.parametrize("function", ["attention", "identity"])
+def test_encoder_with_random_pals_matches_numpy_reference(setup, function):
     batches, params = setup
+    model = MODEL.clone(heads=HeadSpec(pal_size=8, pal_heads=2, pal_function=function))
+    if function == "identity":  # V^E and V^D only: no attention of its own
+        params = init(model, batches, model.init)
+        assert set(params["pal_para"]) == {"encoder", "decoder"}
     params = with_random_pals(params)
     mask = batches["para"]["attention_mask"]
     h = np.random.default_rng(2).standard_normal((*mask.shape, CONFIG.hidden_size)).astype(np.float32)
-    got = MODEL.apply({"params": params}, h, mask,
+    got = model.apply({"params": params}, h, mask,
                       method=lambda m, h, mask: m.bert.encode(h, mask, True, m.pal["para"])["last_hidden_state"])
     as_np = lambda tree: jax.tree.map(lambda a: np.asarray(a, np.float64), tree)  # noqa: E731
     expected = reference_encoder(as_np(params["bert"]), as_np(params["pal_para"]), h.astype(np.float64), mask)
@@ -181,3 +190,5 @@ def test_bfloat16_compute_is_finite(setup):
 def test_bad_pal_shapes_are_rejected(size, heads, message):
     with pytest.raises(ValueError, match=message):
         HeadSpec(pal_size=size, pal_heads=heads)
+    with pytest.raises(ValueError, match="pal_function 'linear' is not one of attention, identity"):
+        HeadSpec(pal_size=8, pal_heads=2, pal_function="linear")

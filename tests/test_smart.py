@@ -197,7 +197,7 @@ def test_update_teacher_against_numpy():
 
 @pytest.mark.parametrize("field, value", [
     ("weight", -1.0), ("noise_std", float("nan")), ("step_size", -1e-3), ("epsilon", float("inf")),
-    ("epsilon", "1e-5"), ("steps", -1), ("steps", 1.5), ("samples", 0), ("samples", 2.0), ("norm", "l1"), ("bregman_weight", -0.5),
+    ("epsilon", "1e-5"), ("steps", -1), ("steps", 1.5), ("samples", 0), ("samples", 2.0), ("ascent", "sign"), ("norm", "l1"), ("bregman_weight", -0.5),
     ("teacher_momentum", 1.5), ("teacher_momentum", -0.1),
 ])
 def test_config_errors_name_the_field(field, value):
@@ -238,3 +238,25 @@ def test_no_ascent_step_scores_the_projected_start_and_one_step_beats_it():
     np.testing.assert_allclose(float(steps_zero), float(divergence(forward(jnp.clip(noise, -0.1, 0.1)), clean,
                                                                    "classification")), rtol=1e-6)
     assert float(one) > float(steps_zero)  # the ascent step helps
+
+
+@pytest.mark.parametrize("norm", ["inf", "l2"])
+def test_normalized_ascent_is_the_smart_pytorch_step(norm):
+    """smart-pytorch: δ₁ = (δ₀ + η g) / (‖δ₀ + η g‖ + ε) with the raw gradient g = ∇_δ mean_b r_b² = 2 r_b W / B."""
+    forward, w = linear_toy("regression")
+    cfg = SmartConfig(noise_std=1e-5, step_size=1e-3, epsilon=1e-6, norm=norm, ascent="normalized")
+    key = jax.random.key(10)
+    loss = adversarial_loss(forward, forward(jnp.zeros(SHAPE)), SHAPE, "regression", key, cfg)
+
+    w = np.asarray(w[..., 0], np.float64)
+    delta = cfg.noise_std * np.asarray(jax.random.normal(key, SHAPE, jnp.float32), np.float64)
+    r = np.einsum("bsh,sh->b", delta, w)
+    step = delta + cfg.step_size * 2 * r[:, None, None] * w / SHAPE[0]
+    if norm == "inf":
+        size = np.abs(step).max(-1, keepdims=True)
+    else:
+        size = np.linalg.norm(step.reshape(len(step), -1), axis=1)[:, None, None]
+    delta = step / (size + cfg.epsilon)
+    np.testing.assert_allclose(float(loss), np.mean(np.einsum("bsh,sh->b", delta, w) ** 2), rtol=1e-4)
+    assert float(loss) > 1e3 * float(adversarial_loss(forward, forward(jnp.zeros(SHAPE)), SHAPE, "regression", key,
+                                                      SmartConfig(norm=norm))), "unit norm, not an ε-ball"
