@@ -84,14 +84,14 @@ def build_model(config: Config, log: Callable[[str], None],
     return model, params, vocab
 
 
-def steps_in_run(config: Config, train: dict[str, data_lib.Encoded]) -> list[int]:
-    """Steps in each epoch, with `max_steps` applied; the LR schedule is laid out over their sum."""
-    counts, remaining = [], config.train.max_steps if config.train.max_steps is not None else math.inf
+def run_plans(config: Config, train: dict[str, data_lib.Encoded], seed: int) -> list[list[dict[str, np.ndarray]]]:
+    """Every epoch's batches, drawn with `seed`, with `max_steps` applied; the LR schedule is laid out over them."""
+    plans, remaining = [], config.train.max_steps if config.train.max_steps is not None else math.inf
     for epoch in range(config.train.epochs):
-        n = min(len(plan_for(config, train, epoch)), remaining)
-        counts.append(int(n))
-        remaining -= n
-    return counts
+        plan = plan_for(config, train, epoch, seed)
+        plans.append(plan[:int(min(len(plan), remaining))])
+        remaining -= len(plans[-1])
+    return plans
 
 
 def plan_for(config: Config, train: dict[str, data_lib.Encoded], epoch: int,
@@ -431,14 +431,6 @@ class Run:
     steps: dict[int, tuple[optax.GradientTransformation, Callable]] = dataclasses.field(default_factory=dict)
 
 
-def frozen_params(run_tasks: list[str], config: Config, params: Any) -> set[str]:
-    """The top-level params a stage leaves exactly where they are: the encoder when it is frozen, and the
-    heads and PALs of the run's tasks the stage does not train (which weight decay would otherwise shrink)."""
-    left_out = [task for task in run_tasks if task not in config.tasks]
-    frozen = {"bert"} if config.model.freeze_encoder else set()
-    return frozen | {name for task in left_out for name in (task, f"pal_{task}") if name in params}
-
-
 def stage_step(run: Run, stage: Stage, params: Any,
                total_updates: int) -> tuple[optax.GradientTransformation, Callable]:
     """The stage's optimizer (its learning rate and schedule laid out over its `total_updates`, its frozen params
@@ -449,9 +441,10 @@ def stage_step(run: Run, stage: Stage, params: Any,
         config, t = stage.config, stage.config.train
         tx = make_optimizer(t.lr, max(total_updates, 1), warmup_ratio=t.warmup_ratio, schedule=t.schedule,
                             weight_decay=t.weight_decay, clip_norm=t.clip_norm, eps=t.eps)
-        frozen = frozen_params(run.config.tasks, config, params)
-        if frozen:
-            tx = partly_frozen_optimizer(tx, params, frozen)
+        # The heads and PALs of the run's tasks that the stage does not train need no freezing: an update leaves
+        # every group without a loss in it untouched (`train_step.untouched_groups`).
+        if config.model.freeze_encoder:
+            tx = partly_frozen_optimizer(tx, params, {"bert"})
         model = run.model.clone(freeze_encoder=config.model.freeze_encoder)
         train_step = make_train_step(model, tx, run.base_key, t.loss_combination, t.loss_weights, t.surgery,
                                      objective_from_config(config), t.gradvac_beta, t.accumulation_steps, t.updates)
@@ -472,11 +465,10 @@ def run_stage(run: Run, stage: Stage, params: Any, start_step: jax.Array, positi
     """
     config, t, seed_runs = stage.config, stage.config.train, run.seed_runs
     train = {task: splits["train"] for task, splits in run.data.items() if task in config.tasks}
-    epoch_steps = steps_in_run(config, train)
+    plans = run_plans(config, train, stage.plan_seed)
+    epoch_steps = [len(plan) for plan in plans]
     total_steps = sum(epoch_steps)
-    total_updates = sum(updates_per_step(t.surgery, t.updates, len(step))
-                        for epoch, steps in enumerate(epoch_steps)
-                        for step in plan_for(config, train, epoch, stage.plan_seed)[:steps])
+    total_updates = sum(updates_per_step(t.surgery, t.updates, len(step)) for plan in plans for step in plan)
     if t.batch_size % (t.accumulation_steps * run.mesh.devices.size):
         raise ValueError(f"train.batch_size {t.batch_size} is not divisible by train.accumulation_steps "
                          f"{t.accumulation_steps} × the {run.mesh.devices.size} devices (each device's micro-batch)")
@@ -499,7 +491,7 @@ def run_stage(run: Run, stage: Stage, params: Any, start_step: jax.Array, positi
     for epoch in range(position["epoch"], t.epochs):
         if epoch_steps[epoch] == 0:
             break
-        plan = plan_for(config, train, epoch, stage.plan_seed)[:epoch_steps[epoch]]
+        plan = plans[epoch]
         first = position["step_in_epoch"] if epoch == position["epoch"] else 0
         bar = tqdm(range(first, len(plan)), desc=f"{label}epoch {epoch + 1}/{t.epochs}", initial=first,
                    total=len(plan), dynamic_ncols=True, disable=None)
