@@ -17,9 +17,10 @@ from typing import Any, Sequence
 
 import yaml
 
-from jaxbert.heads import SHARED_HEADS
-from jaxbert.modeling import ATTENTION_KERNELS
-from jaxbert.smart import TASK_KIND as SMART_TASK_KIND, SmartConfig
+from jaxbert.heads import HEAD_ACTIVATIONS, SHARED_HEADS
+from jaxbert.modeling import ATTENTION_KERNELS, PAL_FUNCTIONS
+from jaxbert.smart import ASCENTS, NORMS, TASK_KIND as SMART_TASK_KIND, SmartConfig
+from jaxbert.train_step import SURGERIES, UPDATES
 
 
 @dataclasses.dataclass
@@ -356,20 +357,20 @@ CHOICES = {
     "heads.para_encoding": ("cross", "bi"),
     "heads.sts_encoding": ("bi", "cross"),
     "heads.sts_head": ("cosine", "sigmoid_cosine", "cosine_concat", "linear"),
-    "heads.activation": ("relu", "gelu", "tanh", "squared_relu"),
-    "heads.classifier_activation": ("none", "relu", "gelu", "tanh", "squared_relu"),
-    "heads.pal_function": ("attention", "identity"),
+    "heads.activation": tuple(HEAD_ACTIVATIONS),
+    "heads.classifier_activation": ("none", *HEAD_ACTIVATIONS),
+    "heads.pal_function": PAL_FUNCTIONS,
     "data.source": ("local", "hf"),
     "train.sampler": ("roundrobin", "sequential", "proportional", "annealed"),
     "train.epoch_length": ("min", "max", "steps"),
     "train.loss_combination": ("sum", "mean", "weights", "balanced"),
     "train.schedule": ("constant", "linear"),
-    "train.updates": ("joint", "per_task"),
-    "train.surgery": ("none", "pcgrad", "pcgrad_two_updates", "gradvac", "cagrad", "mgda", "imtl_g"),
+    "train.updates": UPDATES,
+    "train.surgery": SURGERIES,
     "losses.sst": ("ce", "ordinal"),
     "losses.sts": ("mse", "cosine_embedding"),
-    "smart.norm": ("inf", "l2"),
-    "smart.ascent": ("projected", "normalized"),
+    "smart.norm": NORMS,
+    "smart.ascent": ASCENTS,
 }
 # Bare flags that stand for a setting: `--pcgrad` is `--train.surgery=pcgrad`, `--smart` is `--smart.enabled`.
 SHORTHANDS = {**{name: ("train.surgery", name) for name in CHOICES["train.surgery"] if name != "none"},

@@ -21,6 +21,7 @@ PyTree = Any
 
 KINDS = ("classification", "binary", "regression")
 ASCENTS = ("projected", "normalized")
+NORMS = ("inf", "l2")
 TASK_KIND = {"sst": "classification", "cfimdb": "classification", "tweet": "classification", "para": "binary",
              "sts": "regression"}
 _TINY = 1e-30  # keeps a zero gradient or zero perturbation from dividing by zero
@@ -52,7 +53,7 @@ class SmartConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"SmartConfig.{name} must be an integer >= {least}, got {value!r}")
-        if self.norm not in ("inf", "l2"):
+        if self.norm not in NORMS:
             raise ValueError(f"SmartConfig.norm must be 'inf' or 'l2', got {self.norm!r}")
         if self.ascent not in ASCENTS:
             raise ValueError(f"SmartConfig.ascent must be one of {', '.join(ASCENTS)}, got {self.ascent!r}")
