@@ -177,6 +177,11 @@ class MultitaskBert(nn.Module):
     param_dtype: Dtype = jnp.float32
     execution: Execution = Execution()
 
+    def pooling(self, task: str) -> str:
+        """How `task`'s sentence embeddings pool the encoder's output: `sst_pooling` for one sentence,
+        `pair_pooling` for the sentences of a pair or a triplet and for a cross-encoded pair."""
+        return self.heads.sst_pooling if self.heads.encoding(task) == "single" else self.heads.pair_pooling
+
     def encoder_input_shape(self, task: str, batch: dict[str, Array]) -> tuple[int, int, int]:
         """Shape `[sequences, seq, hidden]` of the embedding-layer output for `task`'s batch."""
         rows, length = batch["input_ids"].shape
@@ -240,8 +245,7 @@ class MultitaskBert(nn.Module):
         """
         encoding = self.heads.encoding(task)
         if encoding in ("single", "cross"):
-            pooling = self.heads.sst_pooling if task in NUM_CLASSES else self.heads.pair_pooling
-            embeddings = self.embed_sentences(task, batch, pooling, deterministic, perturbation)
+            embeddings = self.embed_sentences(task, batch, self.pooling(task), deterministic, perturbation)
             logits = self.head[head_of(task)](self.dropout(embeddings, deterministic=deterministic), deterministic)
             if task not in NUM_CLASSES:
                 output = logits[:, 0]
@@ -251,7 +255,7 @@ class MultitaskBert(nn.Module):
                 output = HEAD_ACTIVATIONS[self.heads.classifier_activation](logits)
         else:
             embeddings = self.embed_sentences(task, stack_sentences(batch, SENTENCES[encoding]),
-                                              self.heads.pair_pooling, deterministic, perturbation)
+                                              self.pooling(task), deterministic, perturbation)
             if self.heads.projects(task):
                 embeddings = self.head[head_of(task)](self.dropout(embeddings, deterministic=deterministic),
                                                       deterministic)

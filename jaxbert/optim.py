@@ -16,6 +16,10 @@ two ways that change the trajectory, so ``optax.adamw`` cannot stand in for it:
 
   (``optax.adamw`` decays the old parameter ``p``).
 
+Like the reference, which keeps ``state["step"]`` per parameter, ``t`` counts each parameter's own updates: a
+head that sits out an update (``jaxbert.train_step.untouched``) keeps its count, so its first update has the
+bias correction of ``t = 1`` however late it comes. The learning-rate schedule follows the count of all updates.
+
 Optax applies updates as ``p_next = p + u``, hence ``u = -a - lr_t * wd * (p - a)`` with
 ``a = alpha_t * m_t / (sqrt(v_t) + eps)``; this is why ``update`` needs ``params``.
 """
@@ -33,6 +37,7 @@ __all__ = [
     "ScaleByRefAdamWState",
     "adamw",
     "decay_mask",
+    "learning_rate_schedule",
     "linear_warmup_decay",
     "make_optimizer",
 ]
@@ -47,13 +52,16 @@ class ScaleByRefAdamWState(NamedTuple):
     """State of :func:`adamw`.
 
     Attributes:
-      count: number of updates applied so far (int32); the update being computed is step
-        ``t = count + 1``.
+      count: number of updates applied so far (int32): the learning-rate schedule's step.
+      counts: each leaf's own number of updates (int32 scalars, the structure of the params): its bias
+        correction's ``t``, as the reference keeps a step count per parameter. They move together with
+        ``count`` unless an update leaves some leaves out (see ``jaxbert.train_step.untouched``).
       mu: first moments, one per parameter leaf (float32, or the parameter dtype if wider).
       nu: second moments, same structure and dtypes as ``mu``.
     """
 
     count: jax.Array
+    counts: optax.Updates
     mu: optax.Updates
     nu: optax.Updates
 
@@ -104,6 +112,7 @@ def adamw(
         zeros = lambda p: jnp.zeros(jnp.shape(p), _moment_dtype(p))
         return ScaleByRefAdamWState(
             count=jnp.zeros([], jnp.int32),
+            counts=jax.tree.map(lambda _: jnp.zeros([], jnp.int32), params),
             mu=jax.tree.map(zeros, params),
             nu=jax.tree.map(zeros, params),
         )
@@ -122,9 +131,9 @@ def adamw(
         )
         # The schedule sees the pre-increment count, so step t uses schedule(t - 1).
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-        count = optax.safe_increment(state.count)
+        counts = jax.tree.map(optax.safe_increment, state.counts)
 
-        def leaf_update(g, m, v, p, decay):
+        def leaf_update(g, m, v, count, p, decay):
             alpha = lr
             if correct_bias:
                 t = count.astype(m.dtype)
@@ -138,7 +147,7 @@ def adamw(
 
         if weight_decay == 0.0:
             new_updates = jax.tree.map(
-                lambda g, m, v: leaf_update(g, m, v, None, False), updates, mu, nu
+                lambda g, m, v, t: leaf_update(g, m, v, t, None, False), updates, mu, nu, counts
             )
         else:
             decay = mask(params) if callable(mask) else mask
@@ -148,8 +157,9 @@ def adamw(
                 # Broadcast a prefix mask (e.g. {"encoder": False}) down to every leaf.
                 decay = jax.tree.map(lambda d, sub: jax.tree.map(lambda _: bool(d), sub),
                                      decay, params)
-            new_updates = jax.tree.map(leaf_update, updates, mu, nu, params, decay)
-        return new_updates, ScaleByRefAdamWState(count=count, mu=mu, nu=nu)
+            new_updates = jax.tree.map(leaf_update, updates, mu, nu, counts, params, decay)
+        return new_updates, ScaleByRefAdamWState(
+            count=optax.safe_increment(state.count), counts=counts, mu=mu, nu=nu)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -215,6 +225,21 @@ def linear_warmup_decay(peak_lr: float, total_steps: int, warmup_steps: int) -> 
     return schedule
 
 
+def learning_rate_schedule(learning_rate: float, total_steps: int, warmup_ratio: float = 0.0,
+                           schedule: str = "constant") -> ScalarOrSchedule:
+    """The rate of :func:`make_optimizer`: ``learning_rate`` itself, or a schedule of the number of updates
+    already applied (see there)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got schedule={schedule!r}")
+    warmup_steps = int(warmup_ratio * total_steps)
+    if schedule == "linear":
+        return linear_warmup_decay(learning_rate, total_steps, warmup_steps)
+    if warmup_steps > 0:
+        # linear_schedule holds its end value after the transition: warm-up, then constant.
+        return optax.linear_schedule(0.0, learning_rate, warmup_steps)
+    return learning_rate
+
+
 def make_optimizer(
     learning_rate: float,
     total_steps: int,
@@ -245,16 +270,7 @@ def make_optimizer(
     Returns:
       An ``optax.GradientTransformation`` (its ``update`` needs ``params``).
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got schedule={schedule!r}")
-    warmup_steps = int(warmup_ratio * total_steps)
-    if schedule == "linear":
-        lr = linear_warmup_decay(learning_rate, total_steps, warmup_steps)
-    elif warmup_steps > 0:
-        # linear_schedule holds its end value after the transition: warm-up, then constant.
-        lr = optax.linear_schedule(0.0, learning_rate, warmup_steps)
-    else:
-        lr = learning_rate
+    lr = learning_rate_schedule(learning_rate, total_steps, warmup_ratio, schedule)
     transforms = [] if clip_norm is None else [optax.clip_by_global_norm(clip_norm)]
     transforms.append(
         adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,

@@ -121,31 +121,35 @@ def partly_frozen_optimizer(tx: optax.GradientTransformation, params: Any,
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
-def untouched_groups(params: Any, tasks: Collection[str]) -> list[str]:
-    """The top-level param groups that no loss of `tasks` reaches: the heads and PALs of the other tasks.
+def untouched(model: MultitaskBert, params: Any, tasks: Collection[str]) -> Any:
+    """A pytree of bools with the structure of `params`: True where no loss of `tasks` reaches the leaf.
 
-    An update leaves them exactly as they were, optimizer moments included, as PyTorch's optimizers skip a
-    parameter whose gradient is None: a zero gradient would still move them by Adam's momentum and weight decay.
+    Those are the heads and PALs of the other tasks, and the encoder's pooler when none of `tasks` pools with
+    it. An update leaves them exactly as they were, optimizer moments and update counts included, as PyTorch's
+    optimizers skip a parameter whose gradient is None: a zero gradient would still move them by Adam's momentum
+    and weight decay.
     """
     touched = {"bert"} | {name for task in tasks for name in (head_of(task), f"pal_{head_of(task)}")}
-    return [name for name in params if name not in touched]
+    pooler = any(model.pooling(task) == "pooler" for task in tasks)
+    return {name: jax.tree_util.tree_map_with_path(
+        lambda path, _, name=name: name not in touched or (name == "bert" and not pooler
+                                                           and path[0] == jax.tree_util.DictKey("pooler")), tree)
+            for name, tree in params.items()}
 
 
-def restore_groups(tx: optax.GradientTransformation, new_state: TrainState, old_state: TrainState,
-                   groups: Collection[str]) -> TrainState:
-    """`new_state` with the param groups `groups` and their slices of the optimizer state (Adam's moments, not
-    its shared step count) as they are in `old_state`."""
-    if not groups:
+def restore_untouched(tx: optax.GradientTransformation, new_state: TrainState, old_state: TrainState,
+                      mask: Any) -> TrainState:
+    """`new_state` with the params where `mask` is True, and their slices of the optimizer state (Adam's moments
+    and update counts, not the schedule's count), as they are in `old_state`."""
+    if not any(jax.tree.leaves(mask)):
         return new_state
-    old_groups = {name: jax.tree.map(lambda _: name in groups, tree) for name, tree in new_state.params.items()}
     masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731  a frozen group's absent state
     from_old = optax.tree_utils.tree_map_params(tx, lambda leaf, old: leaf if masked(leaf) else old,
-                                                new_state.opt_state, old_groups,
+                                                new_state.opt_state, mask,
                                                 transform_non_params=lambda _: False, is_leaf=masked)
     pick = lambda use_old, new, old: old if use_old else new  # noqa: E731
-    return new_state.replace(
-        params={name: old_state.params[name] if name in groups else tree for name, tree in new_state.params.items()},
-        opt_state=jax.tree.map(pick, from_old, new_state.opt_state, old_state.opt_state))
+    return new_state.replace(params=jax.tree.map(pick, mask, new_state.params, old_state.params),
+                             opt_state=jax.tree.map(pick, from_old, new_state.opt_state, old_state.opt_state))
 
 
 def _twice(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -324,10 +328,10 @@ def make_train_step(
     reduction = "mean" if loss_combination == "mean" else "sum"
 
     def apply(state, grads, tasks):
-        """One optimizer update from `grads`, the gradient of `tasks`' losses (see `untouched_groups`)."""
+        """One optimizer update from `grads`, the gradient of `tasks`' losses (see `untouched`)."""
         deltas, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(params=optax.apply_updates(state.params, deltas), opt_state=opt_state)
-        return restore_groups(tx, new_state, state, untouched_groups(state.params, tasks))
+        return restore_untouched(tx, new_state, state, untouched(model, state.params, tasks))
 
     def gradients_of(params, teacher, batches, dropout_key):
         """`(results, grads)`: the combined loss's gradient, or with surgery each task's own."""

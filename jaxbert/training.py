@@ -442,7 +442,7 @@ def stage_step(run: Run, stage: Stage, params: Any,
         tx = make_optimizer(t.lr, max(total_updates, 1), warmup_ratio=t.warmup_ratio, schedule=t.schedule,
                             weight_decay=t.weight_decay, clip_norm=t.clip_norm, eps=t.eps)
         # The heads and PALs of the run's tasks that the stage does not train need no freezing: an update leaves
-        # every group without a loss in it untouched (`train_step.untouched_groups`).
+        # every group without a loss in it untouched (`train_step.untouched`).
         if config.model.freeze_encoder:
             tx = partly_frozen_optimizer(tx, params, {"bert"})
         model = run.model.clone(freeze_encoder=config.model.freeze_encoder)

@@ -14,7 +14,9 @@ import yaml
 from jaxbert import experiments, training
 from jaxbert.config import leaf_paths, load_config, save_config
 from jaxbert.experiments import SuiteError, load_suite, plan
-from test_training import compilation_cache, tiny_checkpoint, write_fixture_data  # noqa: F401 (autouse fixture)
+from conftest import tiny_checkpoint, write_fixture_data
+
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ from jaxbert.metrics import summarize
 from jaxbert.modeling import BertConfig
 from jaxbert.tokenization import BertTokenizer
 from jaxbert.train_step import Objective, task_loss_fns
-from test_training import WORDS, sentence, tiny_checkpoint, write_fixture_data
+from conftest import WORDS, sentence, tiny_checkpoint, write_fixture_data
 
 CONFIG = BertConfig(**TINY)  # hidden 32
 KEY = jax.random.key(7)

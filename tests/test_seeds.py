@@ -15,7 +15,9 @@ from jaxbert.config import ConfigError, load_config, parse_overrides, to_dict
 from jaxbert.training import train_and_evaluate
 from test_stages import staged_config
 from test_training import ARGS, killed_after_checkpoint, run_config
-from test_training import compilation_cache, workspace  # noqa: F401 (fixtures: the tiny BERT, fixture data, XLA cache)
+from test_training import workspace  # noqa: F401 (fixture: the tiny BERT and fixture data)
+
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 EXTRA = ("--seed=3", "--checkpoint-every=2", "--sts-head=cosine_concat")  # an STS head with params to initialize
 SEEDS = (3, 4)

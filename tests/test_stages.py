@@ -10,7 +10,9 @@ import pytest
 
 from jaxbert import checkpoint as checkpoint_lib
 from jaxbert import training
-from test_training import compilation_cache, killed_after_checkpoint, latest_params, run_config, workspace  # noqa: F401
+from test_training import killed_after_checkpoint, latest_params, run_config, workspace  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 # 40 training rows per task in batches of 8: a round-robin epoch is 5 steps.
 FROZEN_THEN_FULL = """\

@@ -342,8 +342,16 @@ def test_untouched_heads_keep_their_params_and_adam_moments():
         assert not any(np.any(m) for m in jax.tree.leaves(adam(alone).mu[head]))
     assert not np.allclose(alone.params["sst"]["bias"], params["sst"]["bias"])
 
+    assert int(adam(alone).count) == 1 and int(adam(alone).counts["sst"]["bias"]) == 1
+    assert int(adam(alone).counts["para"]["bias"]) == 0  # its bias correction will start at t = 1
+    assert int(adam(alone).counts["bert"]["pooler"]["kernel"]) == 0  # no task pools with it
+    assert_tree_close(alone.params["bert"]["pooler"], params["bert"]["pooler"], atol=0)  # weight decay skipped it
+
     new, _ = jax.jit(make_train_step(model, tx, key, updates="per_task"))(state, batches)
-    assert int(adam(new).count) == 3  # one AdamW count, advanced by every update
+    # The schedule counts every update; each parameter counts its own, as PyTorch's AdamW does.
+    assert int(adam(new).count) == 3
+    assert int(adam(new).counts["bert"]["encoder"]["layer_0"]["intermediate"]["kernel"]) == 3
+    assert int(adam(new).counts["para"]["kernel"]) == int(adam(new).counts["sts"]["kernel"]) == 1
     # para's update came first: a later zero-gradient update would have decayed its moment by b1 = 0.9 each.
     fn = task_loss_fns(model, batches, jax.random.fold_in(key, 0))["para"]
     grad = jax.grad(fn, has_aux=True)(params)[0]

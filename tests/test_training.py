@@ -11,69 +11,17 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import save_tiny_hf_bert
+from conftest import tiny_checkpoint, write_fixture_data
 from jaxbert import checkpoint as checkpoint_lib, training
 from jaxbert.config import load_config
 from jaxbert.training import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = ("the a movie film was is great awful good bad plot actor story boring fun how what why do i can you "
-         "learn python fast best way question same thing man woman plays guitar dog runs park cat sleeps").split()
-
-
-def sentence(rng, n):
-    return " ".join(rng.choice(WORDS, size=n)).capitalize() + " ."
-
-
-def write_fixture_data(folder: Path, rows: int = 40) -> Path:
-    """Course-format files (tab-separated, a leading unnamed index column) with random sentences."""
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    specs = {
-        "ids-sst": ("sentence\tsentiment", lambda: f"{sentence(rng, rng.integers(3, 20))}\t{rng.integers(0, 5)}"),
-        "ids-cfimdb": ("sentence\tsentiment", lambda: f"{sentence(rng, rng.integers(3, 20))}\t{rng.integers(0, 2)}"),
-        "quora": ("sentence1\tsentence2\tis_duplicate",
-                  lambda: f"{sentence(rng, rng.integers(3, 12))}\t{sentence(rng, rng.integers(3, 12))}\t"
-                          f"{float(rng.integers(0, 2))}"),
-        "sts": ("sentence1\tsentence2\tsimilarity",
-                lambda: f"{sentence(rng, rng.integers(3, 12))}\t{sentence(rng, rng.integers(3, 12))}\t"
-                        f"{rng.uniform(0, 5):.1f}"),
-    }
-    for prefix, (header, row) in specs.items():
-        for split, n in (("train", rows), ("dev", rows // 2)):
-            lines = [f"\tid\t{header}"] + [f"{i}\t{prefix}-{split}-{i}\t{row()}" for i in range(n)]
-            (folder / f"{prefix}-{split}.csv").write_text("\n".join(lines) + "\n")
-    # A test file without labels: predicted, not scored.
-    (folder / "ids-sst-test-student.csv").write_text(
-        "\tid\tsentence\n" + "".join(f"{i}\tsst-test-{i}\t{sentence(rng, 6)}\n" for i in range(5)))
-    return folder
-
-
-def tiny_checkpoint(folder: Path) -> Path:
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *WORDS]
-    save_tiny_hf_bert(folder, vocab_size=len(vocab), max_position_embeddings=64)
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    return folder
-
-
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     return tiny_checkpoint(root / "bert"), write_fixture_data(root / "data"), root
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """The runs of a test compile the same steps: a persistent cache lets the second and third reuse them."""
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes")
-    saved = {key: getattr(jax.config, key) for key in keys}
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    yield
-    for key, value in saved.items():
-        jax.config.update(key, value)
 
 
 ARGS = ["--epochs=2", "--batch-size=8", "--eval-batch-size=16", "--max-length=32", "--buckets=32",
