@@ -7,13 +7,13 @@
     python train.py --seeds 4 --vmap-seeds         # seeds 0-3 in one program, into <out>/seed0/ ... <out>/seed3/
     python train.py --dtype=bfloat16 --attention-dropout=0 --accumulation-steps=2 --remat   # GPU speed and memory
 
-Any config field can be overridden as --section.key=value or, when unique, --key=value. See configs/default.yaml.
+Any config field can be set as --section.key=value (--train.lr=3e-5); the short forms are jaxbert.config.ALIASES
+(--lr, --sampler, --tasks, ...) and SHORTHANDS (--pcgrad, --smart, ...). See configs/default.yaml.
 """
 
 import sys
 
 from jaxbert.config import ConfigError, load_config, parse_overrides
-from jaxbert.training import train_and_evaluate
 
 
 def main(argv=None):
@@ -29,9 +29,11 @@ def main(argv=None):
             break
     try:
         config = load_config(config_file, parse_overrides(argv))
+        from jaxbert.training import train_and_evaluate  # JAX loads once the config is known to be good
+
+        train_and_evaluate(config)
     except ConfigError as e:
         sys.exit(f"train.py: error: {e}")
-    train_and_evaluate(config)
 
 
 if __name__ == "__main__":

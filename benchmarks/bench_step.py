@@ -2,17 +2,17 @@
 
 Rows (`--rows`, comma-separated; each runs in a fresh process so its compile time and peak memory are its own):
 
-  jax            `make_train_step` as `jaxbert.training` builds it: random-init `MultitaskBert` (sst, para
-                 cross-encoded, sts bi-encoded with the scaled cosine), the trainer's default optimizer, jitted
-                 over the `data` mesh.
-  jax-<surgery>  the same step with `make_train_step(..., surgery=<surgery>)`, e.g. `jax-pcgrad`.
+  jax            the train step as `jaxbert.training` builds it, through `jaxbert.build` from the default `Config`:
+                 random-init `MultitaskBert` (sst, para cross-encoded, sts bi-encoded with the scaled cosine), the
+                 trainer's optimizer, jitted over the `data` mesh, on a one-seed state.
+  jax-<surgery>  the same step with `--train.surgery=<surgery>`, e.g. `jax-pcgrad`.
   jax-smart      the plain step with SMART as `--smart` turns it on (`config.smart` defaults).
   jax-vmap<N>    N seeds in one program, as `--seeds N --vmap-seeds` trains them: the plain step vmapped over a
                  state stacked over N seeds (each its own init and dropout key), all on the same batches. Its
                  examples/s count every seed's examples, so against the `jax` row it is the throughput of N
                  seeds in one program over N runs one after another.
-  torch          the same work in PyTorch: transformers' `BertModel` (SDPA attention), the same three heads
-                 and losses, `torch.optim.AdamW` (fused on GPU), bf16 autocast when `--dtype bfloat16`.
+  torch          the same work in PyTorch: `torch_reference.Multitask` (transformers' `BertModel`, SDPA attention,
+                 the same three heads and losses), `torch.optim.AdamW` (fused on GPU), bf16 autocast when `--dtype bfloat16`.
   torch-compile  the `torch` row with the model and losses under `torch.compile`.
   input          the input pipeline as the trainer runs it (`samplers.epoch_plan`, then `training.step_batches`
                  and `shard_batch` in the `prefetch` thread) on synthetic encoded data of realistic lengths, in
@@ -52,16 +52,18 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # a script in benchmarks/ imports the library from the repository root
+sys.path.insert(0, str(ROOT / "benchmarks"))  # and the PyTorch reference beside it, when imported from elsewhere
 
 from jaxbert import data as data_lib  # noqa: E402
-from jaxbert.config import Config, DataConfig, TrainConfig  # noqa: E402
-from jaxbert.heads import HeadSpec  # noqa: E402
-from jaxbert.modeling import ATTENTION_KERNELS, BertConfig, Execution  # noqa: E402
+from jaxbert.choices import ATTENTION_KERNELS  # noqa: E402
+from jaxbert.config import Config, load_config  # noqa: E402
+from jaxbert.modeling import BertConfig  # noqa: E402
+from jaxbert.tasks import TASKS as REGISTRY  # noqa: E402
 
 TASKS = ("sst", "para", "sts")
-# The trainer's default heads, spelled out because the PyTorch model mirrors exactly these.
-HEADS = HeadSpec(dropout=0.1, sst_pooling="cls", pair_pooling="cls", para_encoding="cross", sts_encoding="bi",
-                 sts_head="cosine")
+# The trainer's default heads ([CLS] features, Quora cross-encoded, STS the cosine of bi-encoded sentences), which
+# the PyTorch reference model mirrors.
+HEADS = Config().heads
 MODELS = {
     "tiny": BertConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                        intermediate_size=64),
@@ -118,15 +120,16 @@ def synthetic_split(task: str, rows: int, max_length: int, vocab_size: int,
         types = (positions >= lengths[:, None] // 2).astype(np.int32) * mask if two_segments else np.zeros_like(mask)
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, lengths
 
-    encoding = HEADS.encoding(task)
+    spec = REGISTRY[task]
+    encoding = HEADS.encoding(spec)
     inputs, lengths = sequences(two_segments=encoding == "cross")
     if encoding == "bi":
         second, second_lengths = sequences(two_segments=False)
         inputs.update({k + "_b": v for k, v in second.items()})
         lengths = np.maximum(lengths, second_lengths)
-    spec = data_lib.TASKS[task]
-    labels = (rng.uniform(*spec.label_range, rows).astype(np.float32) if spec.label_kind == "score"
-              else rng.integers(spec.label_range[0], spec.label_range[1] + 1, rows).astype(np.int32))
+    lo, hi = spec.label_range
+    labels = (rng.uniform(lo, hi, rows).astype(np.float32) if spec.kind == "regression"
+              else rng.integers(lo, hi + 1, rows).astype(np.int32))
     return data_lib.Encoded(spec, "train", np.arange(rows).astype(str), inputs, lengths, labels, num_truncated=0)
 
 
@@ -154,7 +157,7 @@ def step_inputs(settings: Settings) -> dict[str, dict[str, np.ndarray]]:
 
 
 def sequences_per_step(batch: int) -> int:
-    return sum(2 * batch if HEADS.encoding(task) == "bi" else batch for task in TASKS)
+    return sum(2 * batch if HEADS.encoding(REGISTRY[task]) == "bi" else batch for task in TASKS)
 
 
 def model_flops(config: BertConfig, batch: int, seq: int) -> float:
@@ -194,53 +197,34 @@ def peak_rss_bytes() -> int:
 # ----------------------------------------------------------------------------- JAX rows
 
 
+def bench_config(settings: Settings, surgery: str = "none", smart: bool = False) -> Config:
+    """The trainer's default config with the benchmark's settings (and `surgery`, SMART when `smart`)."""
+    return load_config(None, {"train.surgery": surgery, "smart.enabled": smart, "model.dtype": settings.dtype,
+                              "train.accumulation_steps": settings.accumulation, "train.batch_size": settings.batch,
+                              "model.attention": settings.attention, "model.remat": settings.remat})
+
+
 def jax_row(settings: Settings, surgery: str, smart: bool, seeds: int | None = None) -> dict[str, Any]:
-    """The step as `jaxbert.training.train_and_evaluate` builds it, from the default `Config` with `surgery`
-    (and SMART when `smart`), on random params and one fixed set of batches. With `seeds`, the step of a vmapped
-    run of that many seeds (`--seeds N --vmap-seeds`), the first of which is the unstacked row's model."""
+    """The step as `jaxbert.training` builds it (through `jaxbert.build`), from the default `Config` with
+    `surgery` (and SMART when `smart`), on a random-init model and one fixed set of batches. With `seeds`, the step
+    of a vmapped run of that many seeds (`--seeds N --vmap-seeds`), the first of which is the one-seed row's
+    model."""
     import jax
-    import jax.numpy as jnp
 
-    from jaxbert.heads import MultitaskBert
-    from jaxbert.optim import make_optimizer
-    from jaxbert.train_step import create_train_state, data_mesh, initial_extra, jit_train_step, make_train_step, \
-        replicate, shard_batch
-    from jaxbert.training import dropout_base_key, objective_from_config
+    from jaxbert import build
+    from jaxbert.train_step import data_mesh, replicate, shard_batch
+    from jaxbert.training import check_devices
 
-    config = Config()
-    config.train.surgery, config.smart.enabled, config.model.dtype = surgery, smart, settings.dtype
-    config.train.accumulation_steps = settings.accumulation
-    execution = Execution(settings.attention, right_padded=True, remat=settings.remat)  # as `training.build_model`
-    model = MultitaskBert(model_config(settings), TASKS, HEADS, dtype=jnp.dtype(config.model.dtype),
-                          execution=execution)
-    dummy = {k: jnp.zeros((1, 4), jnp.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
-    dummy.update({k + "_b": v for k, v in dummy.items()})
-    t = config.train
-    tx = make_optimizer(t.lr, settings.warmup + settings.steps, warmup_ratio=t.warmup_ratio, schedule=t.schedule,
-                        weight_decay=t.weight_decay, clip_norm=t.clip_norm, eps=t.eps)
-    objective = objective_from_config(config)
-    mesh = data_mesh()
-    if settings.batch % (settings.accumulation * mesh.devices.size):
-        raise ValueError(f"--batch {settings.batch} is not divisible by --accumulation {settings.accumulation} × "
-                         f"the {mesh.devices.size} devices")
-
-    @jax.jit
-    def initial_state(key):
-        """What `training.build_model` and `train_and_evaluate` build eagerly, in one program (one compile)."""
-        params = {}
-        for task in TASKS:
-            params.update(model.init(key, task, dummy)["params"])
-        return create_train_state(params, tx, initial_extra(params, len(TASKS), t.surgery, objective))
-
-    if seeds is None:
-        state, key = initial_state(jax.random.key(settings.seed)), dropout_base_key(settings.seed)
-    else:
-        state = jax.vmap(initial_state)(jnp.stack([jax.random.key(settings.seed + k) for k in range(seeds)]))
-        key = jnp.stack([dropout_base_key(settings.seed + k) for k in range(seeds)])
-    state = replicate(state, mesh)
-    num_params = sum(x.size for x in jax.tree.leaves(state.params)) // (seeds or 1)
-    train_step = jit_train_step(make_train_step(model, tx, key, t.loss_combination, t.loss_weights, t.surgery,
-                                                objective, t.gradvac_beta, t.accumulation_steps), mesh)
+    config, mesh = bench_config(settings, surgery, smart), data_mesh()
+    check_devices(config, mesh.devices.size)
+    model = build.model(config, model_config(settings))
+    bert_params = jax.jit(lambda key: build.random_params(model, key)["bert"])(jax.random.key(settings.seed))
+    seed_list = list(range(settings.seed, settings.seed + (seeds or 1)))
+    params = build.initial_params(model, bert_params, seed_list)
+    tx = build.optimizer(config, params, settings.warmup + settings.steps)
+    state = replicate(build.train_state(params, tx, config), mesh)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params)) // len(seed_list)
+    train_step = build.train_step(model, tx, config, seed_list, mesh)
     batches = shard_batch(step_inputs(settings), mesh)  # resident: the step alone is timed, not the transfer
 
     metrics = None
@@ -255,65 +239,38 @@ def jax_row(settings: Settings, surgery: str, smart: bool, seeds: int | None = N
     stats = device.memory_stats() or {}
     peak, source = ((stats["peak_bytes_in_use"], "device") if "peak_bytes_in_use" in stats
                     else (peak_rss_bytes(), "process RSS"))
-    loss = np.asarray(metrics["loss"]).tolist()  # one per seed for a stacked state
+    loss = np.asarray(metrics["loss"]).tolist()  # one per seed
     return {"framework": "jax", "platform": device.platform, "device": device.device_kind,
             "devices": mesh.devices.size, "params": int(num_params), **({"seeds": seeds} if seeds else {}),
-            "loss": loss, "peak_memory_bytes": int(peak), "memory_source": source,
+            "loss": loss if seeds else loss[0], "peak_memory_bytes": int(peak), "memory_source": source,
             **timing_fields(settings, compile_s, times, seeds or 1)}
 
 
 # ----------------------------------------------------------------------------- PyTorch rows
 
 
-def torch_multitask(config: BertConfig):
-    """The PyTorch twin of `MultitaskBert` with `HEADS`: `module(batches)` → the summed float32 task losses."""
+def torch_row(settings: Settings, compiled: bool) -> dict[str, Any]:
+    """The same work in PyTorch: `torch_reference.Multitask` (transformers' `BertModel` with SDPA attention, the
+    same three heads and losses), `torch.optim.AdamW` (fused on GPU), bf16 autocast with `--dtype bfloat16`."""
     import torch
     import transformers
 
-    f = torch.nn.functional
-    bert_config = transformers.BertConfig(**dataclasses.asdict(config))
-    bert_config._attn_implementation = "sdpa"
-
-    class MultitaskTorchBert(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.bert = transformers.BertModel(bert_config)
-            self.dropout = torch.nn.Dropout(HEADS.dropout)
-            self.sst = torch.nn.Linear(config.hidden_size, data_lib.TASKS["sst"].num_classes)
-            self.para = torch.nn.Linear(config.hidden_size, 1)
-
-        def cls(self, batch, suffix=""):
-            return self.bert(input_ids=batch["input_ids" + suffix], attention_mask=batch["attention_mask" + suffix],
-                             token_type_ids=batch["token_type_ids" + suffix]).last_hidden_state[:, 0]
-
-        def forward(self, batches):
-            sst, para, sts = batches["sst"], batches["para"], batches["sts"]
-            loss = f.cross_entropy(self.sst(self.dropout(self.cls(sst))).float(), sst["labels"])
-            para_logits = self.para(self.dropout(self.cls(para)))[:, 0].float()
-            loss = loss + f.binary_cross_entropy_with_logits(para_logits, para["labels"])
-            both = {k: torch.cat([sts[k], sts[k + "_b"]]) for k in ("input_ids", "attention_mask", "token_type_ids")}
-            u, v = self.cls(both).float().chunk(2)  # one encoder call for both sentences, as in the JAX model
-            scores = 5.0 * torch.relu(f.cosine_similarity(u, v, eps=1e-8))
-            return loss + f.mse_loss(scores, sts["labels"])
-
-    return MultitaskTorchBert()
-
-
-def torch_row(settings: Settings, compiled: bool) -> dict[str, Any]:
-    import torch
+    import torch_reference
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(settings.seed)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    module = torch_multitask(model_config(settings)).to(device).train()
-    t = TrainConfig()
+    bert_config = transformers.BertConfig(**dataclasses.asdict(model_config(settings)))
+    bert_config._attn_implementation = "sdpa"
+    module = torch_reference.Multitask(transformers.BertModel(bert_config), dropout=HEADS.dropout).to(device).train()
+    t = Config().train
     optimizer = torch.optim.AdamW(module.parameters(), lr=t.lr, eps=t.eps, weight_decay=t.weight_decay, fused=cuda)
-    forward = torch.compile(module) if compiled else module
-    label_dtypes = {"sst": torch.long, "para": torch.float32, "sts": torch.float32}
-    batches = {task: {k: torch.as_tensor(v, device=device, dtype=label_dtypes[task] if k == "labels" else torch.long)
-                      for k, v in batch.items()} for task, batch in step_inputs(settings).items()}
+    losses_of = lambda b: sum(module.loss(task, b[task]) for task in TASKS)  # noqa: E731
+    forward = torch.compile(losses_of) if compiled else losses_of
+    batches = {task: {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
+               for task, batch in step_inputs(settings).items()}
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=settings.dtype == "bfloat16")
 
     def step():
@@ -350,8 +307,8 @@ def input_row(settings: Settings, repeats: int = 3) -> dict[str, Any]:
     from jaxbert.training import step_batches
 
     train = synthetic_train(settings)
-    t = TrainConfig()
-    buckets = sorted({b for b in DataConfig().buckets if b < settings.seq} | {settings.seq})
+    t = Config().train
+    buckets = sorted({b for b in Config().data.buckets if b < settings.seq} | {settings.seq})
     mesh = data_mesh()
     epoch_seconds, steps = [], 0
     for _ in range(repeats):
@@ -375,7 +332,7 @@ def input_row(settings: Settings, repeats: int = 3) -> dict[str, Any]:
 
 def row_names() -> tuple[str, ...]:
     """The rows but `jax-vmap<N>`."""
-    from jaxbert.train_step import SURGERIES
+    from jaxbert.choices import SURGERIES
 
     return ("jax", *(f"jax-{s}" for s in SURGERIES if s != "none"), "jax-smart", "torch", "torch-compile", "input")
 

@@ -48,27 +48,25 @@ def torch_arm(config: Config, out: Path) -> dict[str, Any]:
     import transformers
 
     import torch_reference
+    from jaxbert import build
     from jaxbert import data as data_lib
-    from jaxbert.convert import export_hf, load_pretrained
+    from jaxbert.convert import export_hf
     from jaxbert.metrics import summarize, task_metric
     from jaxbert.optim import learning_rate_schedule
     from jaxbert.tokenization import BertTokenizer
-    from jaxbert.train_step import updates_per_step
-    from jaxbert.training import build_model, run_plans, step_batches, to_predictions
+    from jaxbert.train_step import seed_slice, updates_per_step
+    from jaxbert.training import run_plans, step_batches, to_predictions
 
     start, t, h = time.time(), config.train, config.heads
     torch.manual_seed(t.seed)
-    _, params, vocab = build_model(config, log=lambda _: None)
-    data = data_lib.load_task_data(
-        config.tasks, ("train", "dev"), config.data.data_dir, config.data.files, BertTokenizer(vocab),
-        max_length=config.data.max_length, pair_encoding={"para": h.para_encoding, "sts": h.sts_encoding},
-        cache_dir=config.data.cache_dir, log=lambda _: None)
+    encoder = build.load_encoder(config, log=lambda _: None)
+    params = seed_slice(build.initial_params(build.model(config, encoder.config), encoder.params, [t.seed]), 0)
+    data = data_lib.load_task_data(config, BertTokenizer(encoder.vocab), ("train", "dev"), log=lambda _: None)
     train = {task: splits["train"] for task, splits in data.items()}
     plan = [step for epoch in run_plans(config, train, t.seed) for step in epoch]
     # The torch encoder reads jaxbert's own starting encoder, whatever format the checkpoint is in.
-    bert_config, _ = load_pretrained(config.model.checkpoint, log=lambda _: None)
-    encoder = export_hf(out / "initial_encoder", bert_config, params["bert"], vocab)
-    model = torch_reference.Multitask(transformers.BertModel.from_pretrained(encoder), sst_pooling=h.sst_pooling,
+    folder = export_hf(out / "initial_encoder", encoder.config, params["bert"], encoder.vocab)
+    model = torch_reference.Multitask(transformers.BertModel.from_pretrained(folder), sst_pooling=h.sst_pooling,
                                       pair_pooling=h.pair_pooling, para_encoding=h.para_encoding,
                                       sts_encoding=h.sts_encoding, sts_head=h.sts_head, dropout=h.dropout)
     with torch.no_grad():
@@ -76,7 +74,7 @@ def torch_arm(config: Config, out: Path) -> dict[str, Any]:
             head.weight.copy_(torch.tensor(np.asarray(params[task]["kernel"]).T))
             head.bias.copy_(torch.tensor(np.asarray(params[task]["bias"])))
     optimizer = torch_reference.course_adamw(model, t.lr, t.weight_decay, t.eps)
-    updates = sum(updates_per_step(t.surgery, t.updates, len(step)) for step in plan)
+    updates = sum(updates_per_step(t, len(step)) for step in plan)
     rate = learning_rate_schedule(t.lr, max(updates, 1), t.warmup_ratio, t.schedule)
     model.train()
     for k, indices in enumerate(plan):
@@ -94,8 +92,8 @@ def torch_arm(config: Config, out: Path) -> dict[str, Any]:
                 batch = data_lib.make_batch(dev, rows, data_lib.batch_length(dev, rows, config.data.buckets))
                 inputs = {k: torch.as_tensor(v).long() for k, v in batch.items() if k != "labels"}
                 outputs.append(model.output(task, inputs).float().numpy())
-            predictions = to_predictions(dev.task.label_kind, np.concatenate(outputs))
-            metrics[task] = task_metric(dev.task.label_kind, predictions, dev.labels)
+            predictions = to_predictions(dev.task, np.concatenate(outputs))
+            metrics[task] = task_metric(dev.task, predictions, dev.labels)
     results = {"arm": "torch", "seed": t.seed, "steps": len(plan), "metrics": {"dev": summarize(metrics)},
                "wall_time_sec": time.time() - start}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

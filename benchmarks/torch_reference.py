@@ -79,7 +79,7 @@ class Multitask(torch.nn.Module):
         return self.heads[task](self.dropout(features))[:, 0]
 
     def loss(self, task: str, batch: Batch) -> torch.Tensor:
-        tensors = {k: torch.as_tensor(np.asarray(v)) for k, v in batch.items()}
+        tensors = {k: torch.as_tensor(v) for k, v in batch.items()}  # NumPy arrays, or tensors on a device
         out = self.output(task, {k: v.long() for k, v in tensors.items() if k != "labels"}).float()
         labels = tensors["labels"]
         if task == "sst":

@@ -1,15 +1,19 @@
-"""Typed run configuration: dataclasses filled from YAML files and `--key=value` overrides, strictly.
+"""Typed run configuration, the bottom layer of the library: frozen dataclasses filled from YAML files and
+`--key=value` overrides, strictly, and checked once, here, when a config loads.
 
-An unknown key or a value of the wrong type is an error that names it (`stages[1].lr` inside a list).
-Overrides address a field by its dotted path (`--train.lr=3e-5`) or, when the name is unique across sections,
-by its bare name (`--lr=3e-5`, `--sampler=roundrobin`); a bare `--flag` sets a boolean to true. A run's
-`stages` are set in YAML.
+Its sections are the specs the library takes (`MultitaskBert` reads `HeadsConfig`, the step `TrainConfig`,
+`LossConfig` and `SmartConfig`), so every field is declared once. It imports no JAX, and of jaxbert only the
+task registry and the choice lists. An unknown key or a value of the wrong type is an error naming it with its
+path (`stages[1].lr`). On the command line a field is `--section.key=value` (`--train.lr=3e-5`); the short forms
+are the explicit `ALIASES` (`--lr=3e-5`) and `SHORTHANDS` (`--pcgrad`), and an unknown name is an error that
+suggests the closest keys. A run's `stages` are set in YAML.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -17,13 +21,12 @@ from typing import Any, Sequence
 
 import yaml
 
-from jaxbert.heads import HEAD_ACTIVATIONS, SHARED_HEADS
-from jaxbert.modeling import ATTENTION_KERNELS, PAL_FUNCTIONS
-from jaxbert.smart import ASCENTS, NORMS, TASK_KIND as SMART_TASK_KIND, SmartConfig
-from jaxbert.train_step import SURGERIES, UPDATES
+from jaxbert import choices
+from jaxbert import tasks as task_registry
+from jaxbert.tasks import Task
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     checkpoint: str = "checkpoints/bert-base-uncased"  # converted folder, Hugging Face folder or Hub id
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
@@ -34,11 +37,13 @@ class ModelConfig:
     remat: bool = False  # recompute each encoder layer's activations in the backward pass (less memory)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class HeadsConfig:
+    """The heads on the shared encoder: how each task's sentences are encoded and pooled, and what reads them."""
+
     dropout: float = 0.1
-    sst_pooling: str = "cls"  # cls | pooler | mean | max
-    pair_pooling: str = "cls"
+    sst_pooling: str = "cls"  # cls | pooler | mean | max: every single-sentence task
+    pair_pooling: str = "cls"  # the sentences of pairs and triplets
     para_encoding: str = "cross"  # cross | bi
     sts_encoding: str = "bi"  # bi | cross
     sts_head: str = "cosine"  # cosine | sigmoid_cosine | cosine_concat | linear (the only choice with cross encoding)
@@ -53,18 +58,45 @@ class HeadsConfig:
     pal_heads: int = 12
     pal_function: str = "attention"  # attention | identity: g of TS(h) = V^D g(V^E h) (report 004: identity)
 
+    def encoding(self, task: Task) -> str:
+        """single | cross | bi | triplet: the task's own, or for the course's pair tasks their switch."""
+        return {"para": self.para_encoding, "sts": self.sts_encoding}.get(task.name, task.encoding)
 
-@dataclasses.dataclass
+    def pooling(self, task: Task) -> str:
+        """`sst_pooling` for one sentence, `pair_pooling` for the sentences of a pair or triplet."""
+        return self.sst_pooling if self.encoding(task) == "single" else self.pair_pooling
+
+    def prompt(self, task: Task) -> str | None:
+        """The text placed before `task`'s cross-encoded pairs: `para_prompt` for para."""
+        return self.para_prompt if task.name == "para" else None
+
+    def layers(self, task: Task) -> int:
+        """Hidden layers of the head `task` trains."""
+        return self.task_hidden_layers.get(task.owner, self.hidden_layers)
+
+    def cosine(self, task: Task) -> bool:
+        """Whether `task`'s head scores the cosine of its two sentence embeddings (a bi-encoded regression)."""
+        return (task.kind == "regression" and self.encoding(task) == "bi"
+                and self.sts_head in choices.COSINE_HEADS)
+
+    def projects(self, task: Task, owner: Task) -> bool:
+        """Whether `task`'s sentence embeddings pass a learned projection (its head's hidden layers) before a
+        cosine: report 002's "linear layer on each embedding, then cosine", report 001's layer shared with NLI.
+        `owner` is the task whose head `task` trains."""
+        return self.cosine(owner) and self.encoding(task) in ("bi", "triplet") and self.layers(task) > 0
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     data_dir: str = "data"
-    source: str = "local"  # local | hf (Hugging Face datasets: SST-5, GLUE QQP, STS-B)
+    source: str = "local"  # local | hf (Hugging Face datasets: SST-5, GLUE QQP, STS-B, NLI, tweet_eval)
     files: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # {sst: {train: path}} overrides
     max_length: int = 128
     buckets: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 128])
     cache_dir: str | None = "data/.cache"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     sampler: str = "roundrobin"  # roundrobin | sequential | proportional | annealed
     epoch_length: str = "min"  # roundrobin: min | max | steps
@@ -75,7 +107,7 @@ class TrainConfig:
     gradvac_beta: float = 0.01  # EMA rate of GradVac's cosine targets
     updates: str = "joint"  # joint: one optimizer update per step | per_task: one per task's loss, in turn
     epochs: int = 10
-    max_steps: int | None = None  # caps the whole run, the LR schedule included
+    max_steps: int | None = None  # caps each stage, its LR schedule included
     batch_size: int = 32  # per task, across all devices
     accumulation_steps: int = 1  # micro-batches per optimizer step: each task's batch is split into this many
     eval_batch_size: int = 128
@@ -94,10 +126,17 @@ class TrainConfig:
     log_every: int = 10
     stage_cycles: int = 1  # run the whole list of `stages` this many times
 
+    @property
+    def reduction(self) -> str:
+        """How gradient surgery sums its per-task gradients: as `loss_combination` combines the losses."""
+        return "mean" if self.loss_combination == "mean" else "sum"
 
-@dataclasses.dataclass
+
+@dataclasses.dataclass(frozen=True)
 class LossConfig:
-    sst: str = "ce"  # ce | ordinal (the ordinal log loss, for any sentiment task)
+    """What each task's loss is made of, beyond its head's default (see `jaxbert.losses.task_loss`)."""
+
+    sst: str = "ce"  # ce | ordinal: the loss of every softmax classification head (sst, cfimdb, tweet)
     label_smoothing: float = 0.0  # for ce
     ordinal_alpha: float = 1.0  # OLL's distance exponent
     supcon_weight: float = 0.0  # supervised contrastive loss on two dropout views of each sentiment batch
@@ -109,24 +148,47 @@ class LossConfig:
     cosine_embedding_threshold: float = 2.5  # an STS pair scored at least this is a positive
     cosine_embedding_margin: float = 0.0  # negatives cost max(0, cos − margin)
 
+    def supcon(self, task: Task) -> bool:
+        """Whether `task` gets the supervised contrastive term: every softmax classification task."""
+        return self.supcon_weight > 0 and task.kind == "classification" and not task.binary
 
-@dataclasses.dataclass
-class SmartOptions:
+    def simcse(self, task: Task) -> bool:
+        return self.simcse_weight > 0 and task.name in self.simcse_tasks
+
+    def two_views(self, task: Task) -> bool:
+        """Whether `task`'s batch runs twice in one call, so dropout gives the contrastive terms two views."""
+        return self.supcon(task) or self.simcse(task)
+
+
+@dataclasses.dataclass(frozen=True)
+class SmartConfig:
+    """SMART (Jiang et al. 2020); the defaults are the paper's (σ = ε = 1e-5, η = 1e-3, K = 1, β = 0.99)."""
+
     enabled: bool = False  # `--smart`
     weight: float = 1.0  # λ_s
-    noise_std: float = 1e-5  # σ
-    step_size: float = 1e-3  # η
-    epsilon: float = 1e-5  # ε
-    steps: int = 1  # K (0: the random start alone)
+    noise_std: float = 1e-5  # σ of the initial perturbation δ₀ ~ N(0, σ²)
+    step_size: float = 1e-3  # η of each ascent step
+    epsilon: float = 1e-5  # ε, radius of the perturbation ball
+    steps: int = 1  # K ascent steps (0: the random start alone)
     samples: int = 1  # random starts, the largest divergence kept per example (report 001: 7)
-    norm: str = "inf"  # inf | l2
+    norm: str = "inf"  # inf | l2: the ball and the gradient normalization
     ascent: str = "projected"  # projected (the paper) | normalized (smart-pytorch: ε guards a division)
     bregman_weight: float = 1.0  # μ (0: no proximal term and no teacher)
-    teacher_momentum: float = 0.99  # β of the EMA teacher
+    teacher_momentum: float = 0.99  # β of the EMA teacher θ̃ ← β θ̃ + (1 − β) θ
     tasks: list[str] | None = None  # the tasks regularized (None: every one with a prediction; report 001: [sst])
 
+    def smooths(self, task: Task) -> bool:
+        """Whether SMART regularizes `task`: a task with a prediction to smooth, among `tasks` if given."""
+        return (self.enabled and task.divergence is not None
+                and (self.tasks is None or task.name in self.tasks))
 
-@dataclasses.dataclass
+    @property
+    def teacher(self) -> bool:
+        """Whether the run keeps an EMA teacher for the Bregman proximal term."""
+        return self.enabled and self.bregman_weight > 0
+
+
+@dataclasses.dataclass(frozen=True)
 class StageConfig:
     """One stage of a staged run. Every `None` field inherits the run's value: `tasks` the top-level list,
     `freeze_encoder` `model.freeze_encoder`, the others the `train` field of the same name."""
@@ -145,7 +207,7 @@ class StageConfig:
     surgery: str | None = None
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Config:
     tasks: list[str] = dataclasses.field(default_factory=lambda: ["sst", "para", "sts"])
     out: str = "runs/default"
@@ -155,21 +217,33 @@ class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     losses: LossConfig = dataclasses.field(default_factory=LossConfig)
-    smart: SmartOptions = dataclasses.field(default_factory=SmartOptions)
+    smart: SmartConfig = dataclasses.field(default_factory=SmartConfig)
     stages: list[StageConfig] = dataclasses.field(default_factory=list)  # empty: one stage, the run's own settings
+
+    def task(self, name: str) -> Task:
+        """The task named `name`."""
+        return task_registry.get(name)
+
+    @property
+    def run_tasks(self) -> tuple[Task, ...]:
+        """The run's tasks, in the order of `tasks`."""
+        return tuple(self.task(name) for name in self.tasks)
 
 
 class ConfigError(ValueError):
     pass
 
 
-def smart_options(options: SmartOptions) -> dict[str, Any]:
-    """The `SmartConfig` fields of the `smart` section: all but the switch and the choice of tasks."""
-    return {k: v for k, v in dataclasses.asdict(options).items() if k not in ("enabled", "tasks")}
+# ------------------------------------------------------------------------------------------ reading values
 
 
 def _is_dataclass_type(tp) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -197,11 +271,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return {_coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if _is_dataclass_type(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        obj = tp()
-        _apply(obj, value, f"{key}.")
-        return obj
+        return _build(tp, value, key)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -233,25 +303,90 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"{key}: unsupported annotation {tp}")
 
 
-def _field_types(cls) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+def _build(cls, mapping: Any, key: str = ""):
+    """An instance of the dataclass `cls` from a (nested) mapping of its fields, strictly; missing fields keep
+    their defaults."""
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{key}: expected a mapping of {cls.__name__} fields, got {mapping!r}")
+    types_ = _field_types(cls)
+    prefix = f"{key}." if key else ""
+    unknown = [name for name in mapping if name not in types_]
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix + str(unknown[0])!r}; known keys here: {', '.join(types_)}")
+    return cls(**{name: _coerce(value, types_[name], prefix + name) for name, value in mapping.items()})
 
 
-def _apply(obj, updates: dict[str, Any], prefix: str = "") -> None:
-    """Sets nested fields of `obj` from a (possibly nested) mapping, strictly."""
-    types_ = _field_types(type(obj))
-    for name, value in updates.items():
-        key = f"{prefix}{name}"
-        if name not in types_:
-            raise ConfigError(f"unknown config key {key!r}; known keys here: {', '.join(types_)}")
-        tp = types_[name]
-        if _is_dataclass_type(tp):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
-            _apply(getattr(obj, name), value, f"{key}.")
+def _merge(cls, base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`update` over `base`, both mappings of `cls` fields: sections merge key by key, any other field (a list,
+    a mapping such as `train.loss_weights`) is replaced whole."""
+    types_ = _field_types(cls)
+    merged = dict(base)
+    for name, value in update.items():
+        tp = types_.get(name)
+        if _is_dataclass_type(tp) and isinstance(value, dict) and isinstance(merged.get(name), dict):
+            merged[name] = _merge(tp, merged[name], value)
         else:
-            setattr(obj, name, _coerce(value, tp, key))
+            merged[name] = value
+    return merged
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """`{"train.lr": 1}` → `{"train": {"lr": 1}}`."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return nested
+
+
+def replace(config: Config, overrides: dict[str, Any]) -> Config:
+    """`config` with dotted-key `overrides` (typed as on the command line), not validated: `load_config` and
+    `validate` check whole configs."""
+    return _build(Config, _merge(Config, to_dict(config), nest(overrides)))
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the YAML file (which may name a `base:` file it extends), then the overrides; validated."""
+    data: dict[str, Any] = {}
+    for layer in _yaml_layers(Path(path)) if path else []:
+        data = _merge(Config, data, layer)
+    config = _build(Config, _merge(Config, data, nest(overrides or {})))
+    validate(config)
+    return config
+
+
+def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file {path} extends itself through `base:`")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    base = data.pop("base", None)
+    layers = _yaml_layers(path.parent / base, (*seen, path.resolve())) if base else []
+    try:
+        _build(Config, data)  # strict check with the file named in the message
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return [*layers, data]
+
+
+# ------------------------------------------------------------------------------------------ the command line
 
 
 def leaf_paths(cls=Config, prefix: str = "") -> dict[str, Any]:
@@ -265,18 +400,45 @@ def leaf_paths(cls=Config, prefix: str = "") -> dict[str, Any]:
     return paths
 
 
+# The short forms of `--section.key`, each the README and `--help` document. A field added later never takes
+# one by accident, so a suite file stays unambiguous.
+ALIASES = {
+    "tasks": "tasks", "out": "out", "resume": "resume",
+    "checkpoint": "model.checkpoint", "dtype": "model.dtype", "freeze_encoder": "model.freeze_encoder",
+    "hidden_dropout": "model.hidden_dropout", "attention_dropout": "model.attention_dropout",
+    "remat": "model.remat",
+    "sts_head": "heads.sts_head", "hidden_layers": "heads.hidden_layers", "activation": "heads.activation",
+    "data_dir": "data.data_dir",
+    "sampler": "train.sampler", "surgery": "train.surgery", "lr": "train.lr", "epochs": "train.epochs",
+    "max_steps": "train.max_steps", "batch_size": "train.batch_size", "accumulation_steps": "train.accumulation_steps",
+    "seed": "train.seed", "seeds": "train.seeds", "vmap_seeds": "train.vmap_seeds",
+}
+# Bare flags that stand for a setting: `--pcgrad` is `--train.surgery=pcgrad`, `--smart` is `--smart.enabled`.
+SHORTHANDS = {**{name: ("train.surgery", name) for name in choices.SURGERIES if name != "none"},
+              "smart": ("smart.enabled", "true")}
+
+
 def resolve_key(name: str) -> str:
-    """Maps `lr` or `train.lr` to the dotted path of exactly one field."""
-    name = name.replace("-", "_")
-    paths = leaf_paths()
-    if name in paths:
-        return name
-    matches = [p for p in paths if p.rsplit(".", 1)[-1] == name]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        raise ConfigError(f"--{name} is ambiguous: say one of {', '.join('--' + m for m in matches)}")
-    raise ConfigError(f"unknown option --{name}")
+    """The dotted path of the field `name` stands for: itself, or the `ALIASES` entry it is."""
+    key, paths = name.replace("-", "_"), leaf_paths()
+    if key in paths:
+        return key
+    if key in ALIASES:
+        return ALIASES[key]
+    raise ConfigError(f"unknown option --{name}{_suggestion(key, paths)}")
+
+
+def _suggestion(name: str, paths: dict[str, Any]) -> str:
+    """`; did you mean --smart.steps, --train.steps_per_epoch?`: the keys named `name`, then those whose name
+    starts with it or contains it, then the closest spellings."""
+    leaf = name.rsplit(".", 1)[-1]
+    keys = [*paths, *ALIASES]
+    named = [k for k in paths if k.rsplit(".", 1)[-1] == leaf]
+    starting = [k for k in keys if k.rsplit(".", 1)[-1].startswith(leaf)]
+    containing = [k for k in keys if leaf in k.rsplit(".", 1)[-1]]
+    close = difflib.get_close_matches(name, keys, n=3, cutoff=0.75)
+    found = list(dict.fromkeys([*named, *starting, *containing, *close]))[:5]
+    return f"; did you mean {', '.join('--' + k for k in found)}?" if found else ""
 
 
 def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
@@ -311,71 +473,9 @@ def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
     return overrides
 
 
-def nest(flat: dict[str, Any]) -> dict[str, Any]:
-    nested: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = nested
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return nested
+# ---------------------------------------------------------------------------------------------- stages
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults, then the YAML file (which may name a `base:` file it extends), then the overrides."""
-    config = Config()
-    for layer in _yaml_layers(Path(path)) if path else []:
-        _apply(config, layer)
-    _apply(config, nest(overrides or {}))
-    validate(config)
-    return config
-
-
-def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    if path.resolve() in seen:
-        raise ConfigError(f"config file {path} extends itself through `base:`")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    base = data.pop("base", None)
-    layers = _yaml_layers(path.parent / base, (*seen, path.resolve())) if base else []
-    try:
-        _apply(Config(), data)  # strict check with the file named in the message
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
-    return [*layers, data]
-
-
-CHOICES = {
-    "model.dtype": ("float32", "bfloat16"),
-    "model.attention": ATTENTION_KERNELS,
-    "heads.sst_pooling": ("cls", "pooler", "mean", "max"),
-    "heads.pair_pooling": ("cls", "pooler", "mean", "max"),
-    "heads.para_encoding": ("cross", "bi"),
-    "heads.sts_encoding": ("bi", "cross"),
-    "heads.sts_head": ("cosine", "sigmoid_cosine", "cosine_concat", "linear"),
-    "heads.activation": tuple(HEAD_ACTIVATIONS),
-    "heads.classifier_activation": ("none", *HEAD_ACTIVATIONS),
-    "heads.pal_function": PAL_FUNCTIONS,
-    "data.source": ("local", "hf"),
-    "train.sampler": ("roundrobin", "sequential", "proportional", "annealed"),
-    "train.epoch_length": ("min", "max", "steps"),
-    "train.loss_combination": ("sum", "mean", "weights", "balanced"),
-    "train.schedule": ("constant", "linear"),
-    "train.updates": UPDATES,
-    "train.surgery": SURGERIES,
-    "losses.sst": ("ce", "ordinal"),
-    "losses.sts": ("mse", "cosine_embedding"),
-    "smart.norm": NORMS,
-    "smart.ascent": ASCENTS,
-}
-# Bare flags that stand for a setting: `--pcgrad` is `--train.surgery=pcgrad`, `--smart` is `--smart.enabled`.
-SHORTHANDS = {**{name: ("train.surgery", name) for name in CHOICES["train.surgery"] if name != "none"},
-              "smart": ("smart.enabled", "true")}
-KNOWN_TASKS = ("sst", "cfimdb", "para", "sts", "nli", "tweet")
 # Where each StageConfig field's inherited value lives in Config: `train.<field>` unless named here.
 _STAGE_HOMES = {"tasks": "tasks", "freeze_encoder": "model.freeze_encoder"}
 STAGE_FIELDS = {f.name: _STAGE_HOMES.get(f.name, f"train.{f.name}") for f in dataclasses.fields(StageConfig)
@@ -391,15 +491,10 @@ def resolve_stage(config: Config, stage: StageConfig) -> Config:
 
     `train.loss_weights` keeps the weights of the stage's tasks only.
     """
-    resolved = copy.deepcopy(config)
-    resolved.stages, resolved.train.stage_cycles = [], 1
-    for field, key in STAGE_FIELDS.items():
-        value = getattr(stage, field)
-        if value is not None:
-            section, _, leaf = key.rpartition(".")
-            setattr(get(resolved, section) if section else resolved, leaf, copy.deepcopy(value))
-    resolved.train.loss_weights = {t: w for t, w in resolved.train.loss_weights.items() if t in resolved.tasks}
-    return resolved
+    fields = {key: getattr(stage, field) for field, key in STAGE_FIELDS.items() if getattr(stage, field) is not None}
+    resolved = replace(dataclasses.replace(config, stages=[]), {**fields, "train.stage_cycles": 1})
+    weights = {t: w for t, w in resolved.train.loss_weights.items() if t in resolved.tasks}
+    return dataclasses.replace(resolved, train=dataclasses.replace(resolved.train, loss_weights=weights))
 
 
 def get(config: Any, key: str) -> Any:
@@ -409,120 +504,191 @@ def get(config: Any, key: str) -> Any:
     return node
 
 
+# ---------------------------------------------------------------------------------------------- the rules
+
+
+CHOICES = {
+    "model.dtype": choices.DTYPES,
+    "model.attention": choices.ATTENTION_KERNELS,
+    "heads.sst_pooling": choices.POOLINGS,
+    "heads.pair_pooling": choices.POOLINGS,
+    "heads.para_encoding": choices.PAIR_ENCODINGS,
+    "heads.sts_encoding": choices.PAIR_ENCODINGS,
+    "heads.sts_head": choices.STS_HEADS,
+    "heads.activation": choices.HEAD_ACTIVATIONS,
+    "heads.classifier_activation": ("none", *choices.HEAD_ACTIVATIONS),
+    "heads.pal_function": choices.PAL_FUNCTIONS,
+    "data.source": choices.DATA_SOURCES,
+    "train.sampler": choices.SAMPLERS,
+    "train.epoch_length": choices.EPOCH_LENGTHS,
+    "train.loss_combination": choices.LOSS_COMBINATIONS,
+    "train.schedule": choices.SCHEDULES,
+    "train.updates": choices.UPDATES,
+    "train.surgery": choices.SURGERIES,
+    "losses.sst": choices.CLASSIFICATION_LOSSES,
+    "losses.sts": choices.STS_LOSSES,
+    "smart.norm": choices.SMART_NORMS,
+    "smart.ascent": choices.SMART_ASCENTS,
+}
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
 def validate(config: Config) -> None:
+    """Every rule the config alone decides, with the key's path in the message. Rules that need the run's
+    facts (the device count, a file's columns) are checked where those are known, before anything is written."""
     for key, allowed in CHOICES.items():
-        if get(config, key) not in allowed:
-            raise ConfigError(f"{key} is {get(config, key)!r}; allowed: {', '.join(allowed)}")
-    unknown = [t for t in config.tasks if t not in KNOWN_TASKS]
-    if unknown or not config.tasks:
-        raise ConfigError(f"tasks {config.tasks} must be a non-empty subset of {', '.join(KNOWN_TASKS)}")
-    if config.heads.sts_encoding == "cross" and config.heads.sts_head != "linear":
-        raise ConfigError("heads.sts_head must be 'linear' when heads.sts_encoding is 'cross' (no sentence pair to "
-                          "take a cosine of)")
-    if config.train.epoch_length == "steps" and not config.train.steps_per_epoch:
-        raise ConfigError("train.epoch_length 'steps' needs train.steps_per_epoch")
-    if config.train.seeds < 1:
-        raise ConfigError(f"train.seeds must be at least 1, got {config.train.seeds}")
-    if config.data.max_length not in config.data.buckets:
-        raise ConfigError(f"data.buckets {config.data.buckets} must include data.max_length {config.data.max_length}")
-    steps = config.train.accumulation_steps
-    if steps < 1 or config.train.batch_size % steps:
-        raise ConfigError(f"train.accumulation_steps {steps} must be a positive divisor of train.batch_size "
-                          f"{config.train.batch_size} (every micro-batch has the same size)")
-    if steps > 1 and config.train.loss_combination == "balanced":
-        raise ConfigError("train.loss_combination 'balanced' weighs each task by the whole batch's losses, which no "
-                          "micro-batch sees: it needs train.accumulation_steps 1")
-    if config.train.surgery != "none" and config.train.loss_combination not in ("sum", "mean"):
-        raise ConfigError(f"train.surgery {config.train.surgery!r} combines raw task gradients: "
-                          f"train.loss_combination must be sum or mean, not {config.train.loss_combination!r}")
-    if config.train.updates == "per_task" and (config.train.surgery != "none"
-                                               or config.train.loss_combination not in ("sum", "weights")):
-        raise ConfigError(f"train.updates 'per_task' applies each task's own loss: it needs train.surgery none (got "
-                          f"{config.train.surgery!r}) and train.loss_combination sum or weights (got "
-                          f"{config.train.loss_combination!r})")
-    try:
-        SmartConfig(**smart_options(config.smart))
-    except ValueError as e:
-        raise ConfigError(f"smart: {e}") from None
-    smoothable = [t for t in config.tasks if t in SMART_TASK_KIND]
-    if config.smart.tasks is not None and (not config.smart.tasks or not set(config.smart.tasks) <= set(smoothable)):
-        raise ConfigError(f"smart.tasks {config.smart.tasks} must be a non-empty subset of the run's tasks with a "
-                          f"prediction to smooth: {', '.join(smoothable)}")
-    unknown = [t for t in config.losses.simcse_tasks if t not in KNOWN_TASKS]
-    if unknown:
-        raise ConfigError(f"losses.simcse_tasks {unknown} are not tasks; known: {', '.join(KNOWN_TASKS)}")
-    if "nli" in config.losses.simcse_tasks:
-        raise ConfigError("losses.simcse_tasks cannot include nli: its triplets are trained with supervised SimCSE "
-                          "already")
+        _check(get(config, key) in allowed, f"{key} is {get(config, key)!r}; allowed: {', '.join(allowed)}")
+    unknown = [t for t in config.tasks if t not in task_registry.TASKS]
+    _check(bool(config.tasks) and not unknown,
+           f"tasks {config.tasks} must be a non-empty subset of {', '.join(task_registry.TASKS)}")
+    _check(len(set(config.tasks)) == len(config.tasks), f"tasks {config.tasks} names a task twice")
+    _validate_model_and_data(config)
     _validate_heads(config)
-    for key in ("losses.label_smoothing",):
-        if not 0.0 <= get(config, key) < 1.0:
-            raise ConfigError(f"{key} must be in [0, 1), got {get(config, key)}")
-    for key in ("losses.supcon_weight", "losses.simcse_weight", "losses.supcon_temperature",
-                "losses.simcse_temperature", "train.gradvac_beta"):
-        if get(config, key) < 0:
-            raise ConfigError(f"{key} must be non-negative, got {get(config, key)}")
-    weights = config.train.loss_weights
-    if config.train.loss_combination == "weights" and set(weights) != set(config.tasks):
-        raise ConfigError(f"train.loss_weights must give a weight for each task {config.tasks}, got {weights}")
-    validate_stages(config)
+    _validate_losses(config)
+    _validate_smart(config)
+    _validate_train(config)
+    _validate_stages(config)
 
 
-def validate_stages(config: Config) -> None:
+def _validate_model_and_data(config: Config) -> None:
+    for key in ("model.hidden_dropout", "model.attention_dropout", "heads.dropout"):
+        value = get(config, key)
+        _check(value is None or 0.0 <= value < 1.0, f"{key} must be in [0, 1), got {value}")
+    data = config.data
+    _check(data.max_length > 0, f"data.max_length must be positive, got {data.max_length}")
+    _check(bool(data.buckets) and min(data.buckets) > 0 and max(data.buckets) == data.max_length,
+           f"data.buckets {data.buckets} must be positive lengths, data.max_length {data.max_length} the largest "
+           "(every example fits one)")
+    for task, files in data.files.items():
+        _check(task in task_registry.TASKS, f"data.files.{task}: {task!r} is not a task; known: "
+                                            f"{', '.join(task_registry.TASKS)}")
+        lacking = [split for split in files if config.task(task).file(split) is None]
+        _check(not lacking, f"data.files.{task}: the task has no {', '.join(lacking)} split")
+
+
+def _validate_heads(config: Config) -> None:
+    heads = config.heads
+    _check(heads.hidden_layers >= 0, f"heads.hidden_layers must be non-negative, got {heads.hidden_layers}")
+    for name, layers in heads.task_hidden_layers.items():
+        task = task_registry.TASKS.get(name)
+        if task is None or task.head:
+            owners = [t for t, spec in task_registry.TASKS.items() if not spec.head]
+            shared = ", ".join(f"{t} trains the {spec.head} head" for t, spec in task_registry.TASKS.items()
+                               if spec.head)
+            raise ConfigError(f"heads.task_hidden_layers: {name!r} is not a task with a head of its own ({shared}); "
+                              f"known: {', '.join(owners)}")
+        _check(layers >= 0, f"heads.task_hidden_layers.{name} must be non-negative, got {layers}")
+    _check(heads.hidden_size is None or heads.hidden_size >= 1,
+           f"heads.hidden_size must be positive or null, got {heads.hidden_size}")
+    _check(heads.cosine_scale > 0, f"heads.cosine_scale must be positive, got {heads.cosine_scale}")
+    _check(heads.sts_encoding == "bi" or heads.sts_head == "linear",
+           "heads.sts_head must be 'linear' when heads.sts_encoding is 'cross' (no sentence pair to take a cosine of)")
+    _check(heads.para_prompt is None or (bool(heads.para_prompt.strip()) and heads.para_encoding == "cross"),
+           f"heads.para_prompt {heads.para_prompt!r} must be non-blank text, and needs heads.para_encoding 'cross' "
+           "(it is placed before the pair's first sentence)")
+    _check(heads.pal_heads >= 1, f"heads.pal_heads must be positive, got {heads.pal_heads}")
+    _check(heads.pal_size >= 0 and heads.pal_size % heads.pal_heads == 0,
+           f"heads.pal_size {heads.pal_size} is neither 0 (no PALs) nor a positive multiple of heads.pal_heads "
+           f"{heads.pal_heads}")
+
+
+def _validate_losses(config: Config) -> None:
+    losses, heads = config.losses, config.heads
+    _check(0.0 <= losses.label_smoothing < 1.0, f"losses.label_smoothing must be in [0, 1), got {losses.label_smoothing}")
+    _check(losses.ordinal_alpha > 0, f"losses.ordinal_alpha must be positive, got {losses.ordinal_alpha}")
+    for key in ("losses.supcon_weight", "losses.simcse_weight"):
+        _check(get(config, key) >= 0, f"{key} must be non-negative, got {get(config, key)}")
+    for key in ("losses.supcon_temperature", "losses.simcse_temperature"):
+        _check(get(config, key) > 0, f"{key} must be positive, got {get(config, key)}")
+    unknown = [t for t in losses.simcse_tasks if t not in task_registry.TASKS]
+    _check(not unknown, f"losses.simcse_tasks {unknown} are not tasks; known: {', '.join(task_registry.TASKS)}")
+    contrastive = [t for t in losses.simcse_tasks if task_registry.TASKS[t].kind == "contrastive"]
+    _check(not contrastive, f"losses.simcse_tasks cannot include {', '.join(contrastive)}: its triplets are trained "
+                            "with supervised SimCSE already")
+    _check(losses.sts != "cosine_embedding" or (heads.sts_encoding == "bi" and heads.sts_head in choices.COSINE_HEADS),
+           f"losses.sts 'cosine_embedding' reads the cosine of the pair's embeddings: it needs heads.sts_encoding "
+           f"'bi' and heads.sts_head 'cosine' or 'sigmoid_cosine', not {heads.sts_encoding!r} and "
+           f"{heads.sts_head!r} (whose parameters it would not train)")
+    lo, hi = config.task("sts").score_range
+    _check(lo <= losses.cosine_embedding_threshold <= hi,
+           f"losses.cosine_embedding_threshold must be on the {lo:g}-{hi:g} similarity scale, got "
+           f"{losses.cosine_embedding_threshold}")
+    _check(-1.0 <= losses.cosine_embedding_margin <= 1.0,
+           f"losses.cosine_embedding_margin must be in [-1, 1], got {losses.cosine_embedding_margin}")
+
+
+def _validate_smart(config: Config) -> None:
+    smart = config.smart
+    for name in ("weight", "noise_std", "step_size", "epsilon", "bregman_weight", "teacher_momentum"):
+        value = getattr(smart, name)
+        _check(0 <= value < math.inf, f"smart.{name} must be a finite number >= 0, got {value!r}")
+    _check(smart.teacher_momentum <= 1, f"smart.teacher_momentum must be in [0, 1], got {smart.teacher_momentum!r}")
+    _check(smart.steps >= 0, f"smart.steps must be an integer >= 0, got {smart.steps!r}")
+    _check(smart.samples >= 1, f"smart.samples must be an integer >= 1, got {smart.samples!r}")
+    smoothable = [t.name for t in config.run_tasks if t.divergence is not None]
+    _check(smart.tasks is None or (bool(smart.tasks) and set(smart.tasks) <= set(smoothable)),
+           f"smart.tasks {smart.tasks} must be a non-empty subset of the run's tasks with a prediction to smooth: "
+           f"{', '.join(smoothable)}")
+
+
+def _validate_train(config: Config) -> None:
+    t = config.train
+    _check(t.epochs >= 1, f"train.epochs must be at least 1, got {t.epochs}")
+    _check(t.epoch_length != "steps" or bool(t.steps_per_epoch), "train.epoch_length 'steps' needs train.steps_per_epoch")
+    _check(t.steps_per_epoch is None or t.steps_per_epoch >= 1,
+           f"train.steps_per_epoch must be positive or null, got {t.steps_per_epoch}")
+    _check(t.max_steps is None or t.max_steps >= 0, f"train.max_steps must be non-negative or null, got {t.max_steps}")
+    _check(t.seeds >= 1, f"train.seeds must be at least 1, got {t.seeds}")
+    _check(t.seed >= 0 and (t.data_seed is None or t.data_seed >= 0),
+           f"train.seed and train.data_seed must be non-negative, got {t.seed} and {t.data_seed}")
+    _check(t.batch_size >= 1 and t.eval_batch_size >= 1,
+           f"train.batch_size and train.eval_batch_size must be positive, got {t.batch_size} and {t.eval_batch_size}")
+    _check(t.accumulation_steps >= 1 and t.batch_size % t.accumulation_steps == 0,
+           f"train.accumulation_steps {t.accumulation_steps} must be a positive divisor of train.batch_size "
+           f"{t.batch_size} (every micro-batch has the same size)")
+    _check(t.accumulation_steps == 1 or t.loss_combination != "balanced",
+           "train.loss_combination 'balanced' weighs each task by the whole batch's losses, which no micro-batch "
+           "sees: it needs train.accumulation_steps 1")
+    _check(t.surgery == "none" or t.loss_combination in ("sum", "mean"),
+           f"train.surgery {t.surgery!r} combines raw task gradients: train.loss_combination must be sum or mean, "
+           f"not {t.loss_combination!r}")
+    _check(t.updates == "joint" or (t.surgery == "none" and t.loss_combination in ("sum", "weights")),
+           f"train.updates 'per_task' applies each task's own loss: it needs train.surgery none (got {t.surgery!r}) "
+           f"and train.loss_combination sum or weights (got {t.loss_combination!r})")
+    _check(t.loss_combination != "weights" or set(t.loss_weights) == set(config.tasks),
+           f"train.loss_weights must give a weight for each task {config.tasks}, got {t.loss_weights}")
+    _check(0 <= t.gradvac_beta <= 1, f"train.gradvac_beta must be in [0, 1], got {t.gradvac_beta}")
+    _check(0 <= t.warmup_ratio <= 1, f"train.warmup_ratio must be in [0, 1], got {t.warmup_ratio}")
+    _check(t.lr >= 0 and t.weight_decay >= 0 and t.eps > 0,
+           f"train.lr and train.weight_decay must be non-negative and train.eps positive, got {t.lr}, "
+           f"{t.weight_decay} and {t.eps}")
+    _check(t.clip_norm is None or t.clip_norm > 0, f"train.clip_norm must be positive or null, got {t.clip_norm}")
+    _check(t.log_every >= 1 and t.checkpoint_every >= 0 and t.group_by_length >= 0,
+           f"train.log_every must be positive, train.checkpoint_every and train.group_by_length non-negative, got "
+           f"{t.log_every}, {t.checkpoint_every} and {t.group_by_length}")
+
+
+def _validate_stages(config: Config) -> None:
     """Each stage's own fields, then the stage as the single-stage run it resolves to."""
     cycles = config.train.stage_cycles
-    if cycles < 1:
-        raise ConfigError(f"train.stage_cycles must be at least 1, got {cycles}")
-    if cycles > 1 and not config.stages:
-        raise ConfigError(f"train.stage_cycles repeats the list of stages: without stages it must be 1, got {cycles}")
+    _check(cycles >= 1, f"train.stage_cycles must be at least 1, got {cycles}")
+    _check(cycles == 1 or bool(config.stages),
+           f"train.stage_cycles repeats the list of stages: without stages it must be 1, got {cycles}")
     names = stage_names(config)
-    if len(set(names)) < len(names):
-        raise ConfigError(f"stage names must differ from each other, got {names}")
+    _check(len(set(names)) == len(names), f"stage names must differ from each other, got {names}")
     for k, (name, stage) in enumerate(zip(names, config.stages)):
         for field, key in STAGE_FIELDS.items():
             value = getattr(stage, field)
-            if value is not None and key in CHOICES and value not in CHOICES[key]:
-                raise ConfigError(f"stages[{k}].{field} is {value!r}; allowed: {', '.join(CHOICES[key])}")
-        if stage.tasks is not None and (not stage.tasks or not set(stage.tasks) <= set(config.tasks)):
-            raise ConfigError(f"stages[{k}].tasks {stage.tasks} must be a non-empty subset of the run's tasks "
-                              f"{config.tasks} (the model has one head per run task)")
+            _check(value is None or key not in CHOICES or value in CHOICES[key],
+                   f"stages[{k}].{field} is {value!r}; allowed: {', '.join(CHOICES.get(key, ()))}")
+        _check(stage.tasks is None or (bool(stage.tasks) and set(stage.tasks) <= set(config.tasks)),
+               f"stages[{k}].tasks {stage.tasks} must be a non-empty subset of the run's tasks {config.tasks} (the "
+               "model has one head per run task)")
         try:
             validate(resolve_stage(config, stage))
         except ConfigError as e:
             raise ConfigError(f"stages[{k}] ({name}): {e}") from None
-
-
-def _validate_heads(config: Config) -> None:
-    heads, losses = config.heads, config.losses
-    if heads.hidden_layers < 0:
-        raise ConfigError(f"heads.hidden_layers must be non-negative, got {heads.hidden_layers}")
-    for task, layers in heads.task_hidden_layers.items():
-        if task not in KNOWN_TASKS or task in SHARED_HEADS:
-            owners = [t for t in KNOWN_TASKS if t not in SHARED_HEADS]
-            shared = ", ".join(f"{t} trains the {o} head" for t, o in SHARED_HEADS.items())
-            raise ConfigError(f"heads.task_hidden_layers: {task!r} is not a task with a head of its own ({shared}); "
-                              f"known: {', '.join(owners)}")
-        if layers < 0:
-            raise ConfigError(f"heads.task_hidden_layers.{task} must be non-negative, got {layers}")
-    if heads.hidden_size is not None and heads.hidden_size < 1:
-        raise ConfigError(f"heads.hidden_size must be positive or null, got {heads.hidden_size}")
-    if not heads.cosine_scale > 0:
-        raise ConfigError(f"heads.cosine_scale must be positive, got {heads.cosine_scale}")
-    if losses.sts == "cosine_embedding" and not (heads.sts_encoding == "bi"
-                                                 and heads.sts_head in ("cosine", "sigmoid_cosine")):
-        raise ConfigError(f"losses.sts 'cosine_embedding' reads the cosine of the pair's embeddings: it needs "
-                          f"heads.sts_encoding 'bi' and heads.sts_head 'cosine' or 'sigmoid_cosine', not "
-                          f"{heads.sts_encoding!r} and {heads.sts_head!r} (whose parameters it would not train)")
-    if not 0.0 <= losses.cosine_embedding_threshold <= 5.0:
-        raise ConfigError(f"losses.cosine_embedding_threshold must be on the 0-5 similarity scale, got "
-                          f"{losses.cosine_embedding_threshold}")
-    if not -1.0 <= losses.cosine_embedding_margin <= 1.0:
-        raise ConfigError(f"losses.cosine_embedding_margin must be in [-1, 1], got {losses.cosine_embedding_margin}")
-
-
-def to_dict(config: Config) -> dict[str, Any]:
-    return dataclasses.asdict(config)
-
-
-def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

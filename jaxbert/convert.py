@@ -20,7 +20,6 @@ import numpy as np
 
 from jaxbert.modeling import BertConfig, BertModel
 
-HF_FILES = ("config.json", "vocab.txt")
 SAFETENSORS = "model.safetensors"
 TORCH_BIN = "pytorch_model.bin"  # legacy pickle checkpoints, read only when no safetensors exist
 PARAMS_DIR = "params"

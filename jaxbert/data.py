@@ -1,16 +1,12 @@
 """Task data for multitask BERT fine-tuning: read, validate, tokenize once, batch.
 
-Tasks (CS224N minBERT): SST-5 and CFIMDB sentiment (single sentence), Quora
-paraphrase detection and STS-B similarity (sentence pairs). Files are the course's
-tab-separated CSVs: an unnamed row-index column, ``id``, text column(s) and a label
-column, which the student test files lack. Report 001's extra data comes in the same
-layout: NLI triplets (``nli-train.csv``: premise, entailment, contradiction; no label,
-no dev split) and 3-class tweet sentiment (``tweet-{train,dev}.csv``, labels 0/1/2
-stored as SST's 0/2/4).
+A task's files and columns are its `jaxbert.tasks.Task`: the course's tab-separated CSVs (an unnamed
+row-index column, ``id``, the text column(s) and a label column, which the student test files lack), or its
+Hugging Face source.
 
 Pipeline::
 
-    examples = read_split(path, TASKS["para"])           # validated rows, skip counts
+    examples = read_split(path, tasks.TASKS["para"])     # validated rows, skip counts
     encoded = encode_split(examples, tok, max_length=128,  # int32 [N, 128] arrays, cached
                            pair_encoding="cross", cache_dir=Path("cache"))
     length = batch_length(encoded, idx, buckets=(32, 64, 128))
@@ -29,73 +25,19 @@ import math
 import os
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
-
 import numpy as np
 
+from jaxbert import choices
+from jaxbert.config import Config
+from jaxbert.tasks import SPLITS, Task
 from jaxbert.tokenization import BertTokenizer
 
-SPLITS = ("train", "dev", "test")
-PAIR_ENCODINGS = ("bi", "cross")
 MAX_SKIPPED_ROWS = 5  # row numbers kept per skip reason, for messages and logs
 # Bump when the cached arrays' layout or the reading/encoding rules change.
 _CACHE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """How one task's files look and how its labels are validated.
-
-    ``label_range`` is inclusive: class and binary labels must be integers in it
-    (``"1.0"`` counts as 1), scores are floats in it. ``label_map``, when given, then
-    replaces class ``i`` by ``label_map[i]`` (tweet sentiment onto SST's classes).
-    A task without ``label_column`` is unlabeled; one without a ``dev_file`` or
-    ``test_file`` has no such split.
-    """
-
-    name: str
-    text_columns: tuple[str, ...]
-    label_column: str | None
-    label_kind: Literal["class", "binary", "score", "none"]
-    num_classes: int  # 0 for regression and unlabeled tasks
-    label_range: tuple[float, float]
-    train_file: str
-    dev_file: str | None
-    test_file: str | None
-    label_map: tuple[int, ...] | None = None
-
-    @property
-    def is_pair(self) -> bool:
-        return len(self.text_columns) == 2
-
-    @property
-    def is_triplet(self) -> bool:
-        return len(self.text_columns) == 3
-
-    def default_file(self, split: str) -> str | None:
-        """The default file name for ``split`` ("train", "dev" or "test"); None if the task has no such split."""
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-        return getattr(self, f"{split}_file")
-
-
-_ONE, _TWO = ("sentence",), ("sentence1", "sentence2")
-TASKS: dict[str, TaskSpec] = {
-    "sst": TaskSpec("sst", _ONE, "sentiment", "class", 5, (0, 4),
-                    "ids-sst-train.csv", "ids-sst-dev.csv", "ids-sst-test-student.csv"),
-    "cfimdb": TaskSpec("cfimdb", _ONE, "sentiment", "binary", 2, (0, 1),
-                       "ids-cfimdb-train.csv", "ids-cfimdb-dev.csv", "ids-cfimdb-test-student.csv"),
-    "para": TaskSpec("para", _TWO, "is_duplicate", "binary", 2, (0, 1),
-                     "quora-train.csv", "quora-dev.csv", "quora-test-student.csv"),
-    "sts": TaskSpec("sts", _TWO, "similarity", "score", 0, (0.0, 5.0),
-                    "sts-train.csv", "sts-dev.csv", "sts-test-student.csv"),
-    "nli": TaskSpec("nli", (*_TWO, "hard_negative"), None, "none", 0, (0, 0), "nli-train.csv", None, None),
-    "tweet": TaskSpec("tweet", _ONE, "sentiment", "class", 3, (0, 2), "tweet-train.csv", "tweet-dev.csv", None,
-                      label_map=(0, 2, 4)),  # negative, neutral, positive → SST's 0, 2, 4 (report 001)
-}
 
 
 # ----------------------------------------------------------------------------- reading
@@ -113,7 +55,7 @@ class Examples:
     numbers (header excluded) per reason.
     """
 
-    task: TaskSpec
+    task: Task
     path: Path | str
     ids: list[str]
     texts: list[str]
@@ -135,7 +77,7 @@ class Examples:
         """One line, e.g. ``quora-train.csv: 14,212 rows, skipped 2 (empty label 2: rows 1801, 9961)``."""
         total = sum(self.skipped.values())
         line = f"{self.name}: {len(self):,} rows"
-        if self.labels is None and self.task.label_column is not None:
+        if self.labels is None and self.task.label is not None:
             line += " (unlabeled)"
         if not total:
             return line + ", none skipped"
@@ -150,10 +92,10 @@ class Examples:
 class _Collector:
     """Accumulates accepted rows and skip reasons while a source is read."""
 
-    def __init__(self, task: TaskSpec, labeled: bool) -> None:
+    def __init__(self, task: Task, labeled: bool) -> None:
         self.task, self.labeled = task, labeled
         self.ids: list[str] = []
-        self.columns: list[list[str]] = [[] for _ in task.text_columns]
+        self.columns: list[list[str]] = [[] for _ in task.text]
         self.labels: list[float] = []
         self.skipped: Counter[str] = Counter()
         self.skipped_rows: dict[str, list[int]] = {}
@@ -182,14 +124,14 @@ class _Collector:
     def build(self, path: Path | str) -> Examples:
         labels = None
         if self.labeled:
-            labels = np.asarray(self.labels, np.float32 if self.task.label_kind == "score" else np.int32)
+            labels = np.asarray(self.labels, np.float32 if self.task.kind == "regression" else np.int32)
         return Examples(self.task, path, self.ids, self.columns[0],
                         self.columns[1] if len(self.columns) > 1 else None, labels,
                         dict(self.skipped), self.skipped_rows,
-                        self.columns[2] if self.task.is_triplet else None)
+                        self.columns[2] if len(self.task.text) == 3 else None)
 
 
-def _parse_label(raw: object, task: TaskSpec) -> tuple[float | None, str | None]:
+def _parse_label(raw: object, task: Task) -> tuple[float | None, str | None]:
     """Returns ``(value, None)`` or ``(None, skip reason)``."""
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None, "empty label"
@@ -200,7 +142,7 @@ def _parse_label(raw: object, task: TaskSpec) -> tuple[float | None, str | None]
     if not math.isfinite(value):
         return None, "unparsable label"
     lo, hi = task.label_range
-    if task.label_kind != "score":
+    if task.kind != "regression":
         # Quora stores 0/1 as "0.0"/"1.0"; a fractional class is corrupt, not out of range.
         if not value.is_integer():
             return None, "unparsable label"
@@ -212,7 +154,7 @@ def _parse_label(raw: object, task: TaskSpec) -> tuple[float | None, str | None]
     return value, None
 
 
-def read_split(path: str | os.PathLike, task: TaskSpec, *, require_labels: bool = False) -> Examples:
+def read_split(path: str | os.PathLike, task: Task, *, require_labels: bool = False) -> Examples:
     """Read and validate one tab-separated course file.
 
     Quoting follows pandas' ``read_csv`` default (a field starting with ``"`` is quoted,
@@ -243,10 +185,10 @@ def read_split(path: str | os.PathLike, task: TaskSpec, *, require_labels: bool 
         if header is None:
             raise ValueError(f"{path}: empty file, expected a header row")
         header = [h.strip() for h in header]
-        label = task.label_column
-        expected = ["id", *task.text_columns, *([label] if label else [])]
+        label = task.label
+        expected = ["id", *task.text, *([label] if label else [])]
         labeled = label is not None and label in header
-        missing = [c for c in ["id", *task.text_columns] if c not in header]
+        missing = [c for c in ["id", *task.text] if c not in header]
         if require_labels and label is not None and not labeled:
             missing.append(label)
         if missing:
@@ -261,62 +203,47 @@ def read_split(path: str | os.PathLike, task: TaskSpec, *, require_labels: bool 
                 if len(fields) != len(header):
                     collector.skip("malformed row", row)
                     continue
-                collector.add(row, fields[where["id"]], [fields[where[c]] for c in task.text_columns],
+                collector.add(row, fields[where["id"]], [fields[where[c]] for c in task.text],
                               fields[where[label]] if labeled else None)
         except csv.Error as e:  # e.g. an unclosed quote swallowing the rest of the file
             raise ValueError(f"{path}: CSV error after data row {row}: {e}") from e
     return collector.build(path)
 
 
-# Hugging Face sources: (dataset, config, text columns in the task's order, label column, label scale). Labels
-# then go through the task's own validation, so tweet_eval's 0/1/2 become 0/2/4 as in the local files.
-_HF_SOURCES: dict[str, tuple[str, str | None, tuple[str, ...], str | None, float]] = {
-    "sst": ("SetFit/sst5", None, ("text",), "label", 1.0),
-    "para": ("nyu-mll/glue", "qqp", ("question1", "question2"), "label", 1.0),
-    "sts": ("sentence-transformers/stsb", None, ("sentence1", "sentence2"), "score", 5.0),  # 0-1 -> 0-5
-    "nli": ("sentence-transformers/all-nli", "triplet", ("anchor", "positive", "negative"), None, 1.0),
-    "tweet": ("cardiffnlp/tweet_eval", "sentiment", ("text",), "label", 1.0),
-}
+def read_hf_split(task: Task, split: str) -> Examples:
+    """Load a split of the task's Hugging Face source (`Task.hub`) into the same :class:`Examples`.
 
-
-def read_hf_split(task: TaskSpec, split: str) -> Examples:
-    """Load a split from the Hugging Face hub into the same :class:`Examples`.
-
-    SST-5 from ``SetFit/sst5``, Quora from GLUE QQP (``nyu-mll/glue``, "qqp"), STS-B
-    from ``sentence-transformers/stsb`` (scores rescaled from 0-1 to 0-5), NLI triplets
-    from ``sentence-transformers/all-nli`` ("triplet": anchor, positive, negative), tweet
-    sentiment from ``cardiffnlp/tweet_eval`` ("sentiment", labels mapped to 0/2/4). A
-    split whose labels are all missing or -1 (GLUE's hidden test labels) is unlabeled;
-    isolated -1 labels are skipped as "empty label".
-
-    Args:
-        task: one of ``TASKS`` with a hub source (all but cfimdb).
-        split: "train", "dev" (= hub "validation") or "test".
+    The source maps the task's columns to the dataset's and scales its labels (STS-B's 0-1 to 0-5); labels then
+    go through the task's own validation, so tweet_eval's 0/1/2 become 0/2/4 as in the local files. A split
+    whose labels are all missing or -1 (GLUE's hidden test labels) is unlabeled; isolated -1 labels are
+    skipped as "empty label".
 
     Raises:
         ValueError: the task has no hub source or the split is unknown.
     """
-    if task.name not in _HF_SOURCES:
-        raise ValueError(f"no Hugging Face source for task {task.name!r}; have {sorted(_HF_SOURCES)}")
+    if task.hub is None:
+        raise ValueError(f"no Hugging Face source for task {task.name!r}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     import datasets  # lazy: only online users need it, and it is slow to import
 
-    name, config, text_columns, label_column, scale = _HF_SOURCES[task.name]
-    hub_split = "validation" if split == "dev" else split
-    ds = datasets.load_dataset(name, config, split=hub_split)
+    hub = task.hub
+    hub_split = hub.splits[split]
+    ds = datasets.load_dataset(hub.dataset, hub.config, split=hub_split)
+    text_columns = [hub.columns[c] for c in task.text]
     missing = [c for c in text_columns if c not in ds.column_names]
     if missing:
-        raise ValueError(f"{name}:{hub_split}: missing column(s) {missing}; found {ds.column_names}")
+        raise ValueError(f"{hub.dataset}:{hub_split}: missing column(s) {missing}; found {ds.column_names}")
+    label_column = hub.columns.get(task.label) if task.label else None
     raw = ds[label_column] if label_column is not None and label_column in ds.column_names else []
-    raw = [None if v is None or v == -1 else v * scale for v in raw]
+    raw = [None if v is None or v == -1 else v * hub.label_scale for v in raw]
     labeled = any(v is not None for v in raw)
     ids = ds["idx"] if "idx" in ds.column_names else [f"{hub_split}-{i}" for i in range(len(ds))]
     collector = _Collector(task, labeled)
     columns = [ds[c] for c in text_columns]
     for i in range(len(ds)):
         collector.add(i + 1, ids[i], [col[i] for col in columns], raw[i] if labeled else None)
-    return collector.build(f"hf:{name}{':' + config if config else ''}:{hub_split}")
+    return collector.build(f"hf:{hub.dataset}{':' + hub.config if hub.config else ''}:{hub_split}")
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -335,7 +262,7 @@ class Encoded:
     sequences (for bi-encoding each sentence counts).
     """
 
-    task: TaskSpec
+    task: Task
     split_name: str
     ids: np.ndarray
     inputs: dict[str, np.ndarray]
@@ -400,15 +327,15 @@ def encode_split(
         ValueError: unknown ``pair_encoding``, or ``prompt`` where it does not apply.
     """
     task = examples.task
-    if task.is_pair and pair_encoding not in PAIR_ENCODINGS:
-        raise ValueError(f"pair_encoding must be one of {PAIR_ENCODINGS}, got {pair_encoding!r}")
+    if task.is_pair and pair_encoding not in choices.PAIR_ENCODINGS:
+        raise ValueError(f"pair_encoding must be one of {choices.PAIR_ENCODINGS}, got {pair_encoding!r}")
     if prompt is not None and not (task.is_pair and pair_encoding == "cross"):
         raise ValueError(f"prompt applies to cross-encoded pair tasks only, not {task.name} "
                          f"with pair_encoding={pair_encoding!r}")
     if prompt is not None and not prompt.strip():
         raise ValueError("prompt is blank; pass None for no prompt")
     # So ignored settings do not split the cache.
-    mode = pair_encoding if task.is_pair else "triplet" if task.is_triplet else "single"
+    mode = pair_encoding if task.is_pair else "triplet" if len(task.text) == 3 else "single"
     split_name = split_name or examples.name.removesuffix(".csv")
 
     cache_path = None
@@ -460,7 +387,7 @@ def _save_cache(path: Path, encoded: Encoded) -> None:
     os.replace(tmp, path)
 
 
-def _load_cache(path: Path, task: TaskSpec, split_name: str) -> Encoded | None:
+def _load_cache(path: Path, task: Task, split_name: str) -> Encoded | None:
     if not path.is_file():
         return None
     try:
@@ -474,19 +401,6 @@ def _load_cache(path: Path, task: TaskSpec, split_name: str) -> Encoded | None:
 
 
 # ----------------------------------------------------------------------------- batching
-
-
-def check_buckets(buckets: Sequence[int], max_length: int) -> tuple[int, ...]:
-    """Sorted unique buckets; ``max_length`` must be one and the largest, so every
-    example fits some bucket.
-
-    Raises:
-        ValueError: otherwise, or a bucket is not positive.
-    """
-    out = tuple(sorted({int(b) for b in buckets}))
-    if not out or out[0] < 1 or out[-1] != max_length:
-        raise ValueError(f"length buckets {list(buckets)} must be positive with max_length={max_length} the largest")
-    return out
 
 
 def bucket_length(max_len: int, buckets: Sequence[int]) -> int:
@@ -550,82 +464,40 @@ def pad_indices(indices: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndar
 # ----------------------------------------------------------------------------- loading
 
 
-def load_task_data(
-    task_names: Iterable[str],
-    splits: Iterable[str],
-    data_dir: str | os.PathLike,
-    files: Mapping[str, Mapping[str, str]] | None,
-    tokenizer: BertTokenizer,
-    *,
-    max_length: int,
-    pair_encoding: Mapping[str, str],
-    prompt: Mapping[str, str | None] | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    source: str = "local",
-    log: Callable[[str], None] = print,
-) -> dict[str, dict[str, Encoded]]:
-    """Read, validate and encode every requested ``(task, split)``.
-
-    Args:
-        task_names: keys of :data:`TASKS`.
-        splits: among "train", "dev", "test".
-        data_dir: folder holding the default file names.
-        files: optional overrides ``{task: {split: path}}``, relative to ``data_dir``
-            unless absolute.
-        tokenizer, max_length, cache_dir: as in :func:`encode_split`.
-        pair_encoding: ``{task: "bi" | "cross"}``, needed for each pair task.
-        prompt: optional ``{task: prompt}`` for cross-encoded pair tasks.
-        source: "local" reads the course's files; "hf" reads the Hugging Face datasets of
-            :func:`read_hf_split` (online users), ignoring ``data_dir`` and ``files``.
-        log: receives one summary line per file (rows, skips by reason, truncation).
+def load_task_data(config: Config, tokenizer: BertTokenizer, splits: Iterable[str] = SPLITS,
+                   log: Callable[[str], None] = print) -> dict[str, dict[str, Encoded]]:
+    """Read, validate and encode every ``(task, split)`` of the run: its `config.tasks` from `config.data`
+    (`data_dir` and the default file names, or the `files` overrides, relative to `data_dir` unless absolute;
+    or with `source` "hf" the tasks' Hugging Face sources), each pair task encoded as `config.heads` says.
 
     Returns:
-        ``{task: {split: Encoded}}``; a test split whose file is absent is left out
-        (and logged), since test files are optional, and so is a split the task does
-        not have (nli has no dev or test split, tweet no test split).
+        ``{task: {split: Encoded}}``; a test split whose file is absent is left out (and logged), since test
+        files are optional, and so is a split the task does not have (nli has no dev or test split, tweet no
+        test split). ``log`` receives one summary line per file (rows, skips by reason, truncation).
 
     Raises:
         FileNotFoundError: a train or dev file is absent (naming it).
-        ValueError: unknown task/split names, a pair task without ``pair_encoding``,
-            a ``files`` entry for a split the task does not have, or the errors of
-            :func:`read_split`.
+        ValueError: the errors of :func:`read_split`.
     """
-    task_names, splits = list(task_names), list(splits)
-    files, prompt = files or {}, prompt or {}
-    for name in [*task_names, *files]:
-        if name not in TASKS:
-            raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}")
-    for split in [*splits, *(s for per_task in files.values() for s in per_task)]:
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    for name, per_task in files.items():
-        lacking = [split for split in per_task if TASKS[name].default_file(split) is None]
-        if lacking:
-            raise ValueError(f"files: task {name!r} has no {', '.join(lacking)} split")
-    out: dict[str, dict[str, Encoded]] = {}
-    for name in task_names:
-        task = TASKS[name]
-        if task.is_pair and name not in pair_encoding:
-            raise ValueError(f"pair_encoding has no entry for pair task {name!r}")
-        out[name] = {}
+    data, out = config.data, {}
+    for task in config.run_tasks:
+        out[task.name] = {}
         for split in splits:
-            if task.default_file(split) is None:
-                log(f"{name} {split}: the task has no {split} split, skipping")
+            if task.file(split) is None:
+                log(f"{task.name} {split}: the task has no {split} split, skipping")
                 continue
-            if source == "hf":
+            if data.source == "hf":
                 examples = read_hf_split(task, split)
-            elif source == "local":
-                path = Path(data_dir) / files.get(name, {}).get(split, task.default_file(split))
+            else:
+                path = Path(data.data_dir) / data.files.get(task.name, {}).get(split, task.file(split))
                 if split == "test" and not path.is_file():
-                    log(f"{name} test: {path} absent, skipping")
+                    log(f"{task.name} test: {path} absent, skipping")
                     continue
                 examples = read_split(path, task, require_labels=split != "test")
-            else:
-                raise ValueError(f"data source {source!r} is not one of local, hf")
-            enc = encode_split(examples, tokenizer, max_length=max_length,
-                               pair_encoding=pair_encoding.get(name, "cross"),
-                               prompt=prompt.get(name), cache_dir=cache_dir, split_name=split)
-            log(f"{name} {split}: {examples.summary()}; {enc.num_truncated:,} truncated to {max_length} tokens"
-                + (" (cached)" if enc.cached else ""))
-            out[name][split] = enc
+            enc = encode_split(examples, tokenizer, max_length=data.max_length,
+                               pair_encoding=config.heads.encoding(task) if task.is_pair else "cross",
+                               prompt=config.heads.prompt(task), cache_dir=data.cache_dir, split_name=split)
+            log(f"{task.name} {split}: {examples.summary()}; {enc.num_truncated:,} truncated to {data.max_length} "
+                "tokens" + (" (cached)" if enc.cached else ""))
+            out[task.name][split] = enc
     return out

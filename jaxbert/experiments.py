@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import yaml
 
+from jaxbert import tasks
 from jaxbert.config import Config, ConfigError, leaf_paths, load_config, parse_overrides, resolve_key
 
 SUITE_KEYS = ("name", "seeds", "vmap_seeds", "overrides", "rows")
@@ -48,11 +49,11 @@ ROW_KEYS = ("name", "config", "overrides")
 RUNNER_KEYS = ("out", "resume", "train.seed", "train.seeds", "train.vmap_seeds")
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
-# (column key, label, path into a dev-metrics record of results.json or metrics.jsonl)
-METRICS = (("sst_acc", "SST acc", ("sst", "accuracy")),
-           ("cfimdb_acc", "CFIMDB acc", ("cfimdb", "accuracy")),
-           ("para_acc", "Quora acc", ("para", "accuracy")),
-           ("sts_r", "STS r", ("sts", "pearson")),
+# (column key, label, path into a dev-metrics record of results.json or metrics.jsonl): every scored task's
+# metric ("sst_acc", "SST acc"), then the overall score.
+_SHORT = {"accuracy": "acc", "pearson": "r"}
+METRICS = (*((f"{t.name}_{_SHORT[t.metric]}", f"{t.display} {_SHORT[t.metric]}", (t.name, t.metric))
+             for t in tasks.TASKS.values() if t.metric and not t.auxiliary),
            ("overall", "overall", ("overall",)))
 RUN_STATS = (("wall_time_sec", "wall time (s)"), ("train_examples_per_sec", "train examples/s"))
 
@@ -211,9 +212,6 @@ class Job:
         return len(self.seeds) > 1
 
     def config(self) -> Config:
-        if self.vmapped and "train.vmap_seeds" not in leaf_paths():
-            raise SuiteError(f"row {self.row!r}: vmap_seeds needs the config fields train.seeds and "
-                             "train.vmap_seeds, which this version of jaxbert lacks; set vmap_seeds: false")
         return load_config(self.config_file, self.overrides)
 
 

@@ -8,6 +8,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxbert.config import LossConfig
+from jaxbert.tasks import Task
+
 Array = jax.Array
 
 
@@ -25,8 +28,29 @@ def mean_squared_error(scores: Array, targets: Array) -> Array:
     return jnp.mean((scores.astype(jnp.float32) - targets.astype(jnp.float32)) ** 2)
 
 
-TASK_LOSS = {"sst": cross_entropy, "cfimdb": cross_entropy, "tweet": cross_entropy, "para": binary_cross_entropy,
-             "sts": mean_squared_error}
+def head_loss(task: Task, config: LossConfig, output: Array, labels: Array | None, sentences: Array) -> Array:
+    """The loss of `task`'s head output `[batch, ...]`, or of its sentence embeddings `sentences`
+    `[sentences per example, batch, d]` for the losses that read them.
+
+    A softmax classifier takes `config.sst` (cross-entropy with `label_smoothing`, or the ordinal log loss), a
+    binary one the sigmoid cross-entropy; a regression the squared error of its score, or with `config.sts`
+    "cosine_embedding" the cosine-embedding loss of its pair's embeddings, pairs scored at least
+    `cosine_embedding_threshold` counting as similar; contrastive triplets supervised SimCSE at
+    `simcse_temperature`, the third sentences as hard negatives.
+    """
+    if task.kind == "contrastive":
+        premises, entailments, contradictions = sentences
+        return simcse_loss(premises, entailments, config.simcse_temperature, hard_negatives=contradictions)
+    if task.kind == "regression":
+        if config.sts == "cosine_embedding":
+            targets = jnp.where(labels >= config.cosine_embedding_threshold, 1, -1)
+            return cosine_embedding_loss(sentences[0], sentences[1], targets, config.cosine_embedding_margin)
+        return mean_squared_error(output, labels)
+    if task.binary:
+        return binary_cross_entropy(output, labels)
+    if config.sst == "ordinal":
+        return ordinal_log_loss(output, labels, config.ordinal_alpha)
+    return label_smoothed_cross_entropy(output, labels, config.label_smoothing)
 
 
 def combine_losses(losses: Mapping[str, Array], how: str = "sum", weights: Mapping[str, float] | None = None) -> Array:

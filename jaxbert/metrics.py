@@ -1,8 +1,8 @@
 """Evaluation metrics of the multitask BERT (pure NumPy, float64).
 
-SST-5 ("sst") and Quora ("para") are scored by accuracy, STS ("sts") by Pearson correlation.  The course's overall
-score maps the correlation from [-1, 1] to [0, 1]: ``(acc_sst + acc_para + (r_sts + 1) / 2) / 3``.  Auxiliary
-datasets (tweet sentiment, which only feeds the SST head) are reported but enter neither summary score.
+A task is scored by its `Task.metric`: accuracy for classification, Pearson r for regression. The course's
+overall score maps the correlation from [-1, 1] to [0, 1]: ``(acc_sst + acc_para + (r_sts + 1) / 2) / 3``.
+Auxiliary tasks (tweet sentiment, which only feeds the SST head) are reported but enter neither summary score.
 """
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ from typing import Mapping
 
 import numpy as np
 
-TASK_KINDS = ("class", "binary", "score")
-PRIMARY_METRICS = ("accuracy", "pearson")
-AUXILIARY_TASKS = ("tweet",)
+from jaxbert import tasks
 
-__all__ = ["TASK_KINDS", "AUXILIARY_TASKS", "accuracy", "pearson", "overall_score", "mean_score", "task_metric", "summarize"]
+__all__ = ["accuracy", "pearson", "overall_score", "mean_score", "task_metric", "summarize"]
 
 
 def _pair(pred, labels, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -52,6 +50,9 @@ def pearson(pred, labels) -> float:
     return float(np.clip(np.dot(xc, yc) / denom, -1.0, 1.0))
 
 
+METRICS = {"accuracy": accuracy, "pearson": pearson}
+
+
 def overall_score(sst_acc: float, para_acc: float, sts_r: float) -> float:
     """The course's overall score ``(acc_sst + acc_para + (r_sts + 1) / 2) / 3``."""
     return (float(sst_acc) + float(para_acc) + (float(sts_r) + 1.0) / 2.0) / 3.0
@@ -62,19 +63,17 @@ def mean_score(sst_acc: float, para_acc: float, sts_r: float) -> float:
     return (float(sst_acc) + float(para_acc) + float(sts_r)) / 3.0
 
 
-def task_metric(kind: str, predictions, labels) -> dict[str, float]:
-    """``{"accuracy": ...}`` for kind "class"/"binary" (class-id predictions), ``{"pearson": ...}`` for "score"."""
-    if kind in ("class", "binary"):
-        return {"accuracy": accuracy(predictions, labels)}
-    if kind == "score":
-        return {"pearson": pearson(predictions, labels)}
-    raise ValueError(f"unknown kind {kind!r}; allowed values: {', '.join(TASK_KINDS)}")
+def task_metric(task: tasks.Task, predictions, labels) -> dict[str, float]:
+    """``{task.metric: value}``: accuracy of class-id predictions, or Pearson r of scores."""
+    if task.metric is None:
+        raise ValueError(f"task {task.name!r} ({task.kind}) has no metric to score predictions by")
+    return {task.metric: METRICS[task.metric](predictions, labels)}
 
 
 def _primary(metrics) -> float | None:
     if not isinstance(metrics, Mapping):
         return None
-    for name in PRIMARY_METRICS:
+    for name in METRICS:
         if name in metrics:
             return float(metrics[name])
     return None
@@ -83,14 +82,15 @@ def _primary(metrics) -> float | None:
 def summarize(dev_metrics: Mapping[str, Mapping[str, float]]) -> dict:
     """Copy of ``dev_metrics`` (task -> metric dict) with summary scores added.
 
-    ``mean``: mean of the primary metric ("accuracy", else "pearson") of every task present but those of
-    ``AUXILIARY_TASKS`` (omitted if none).
+    ``mean``: mean of the primary metric ("accuracy", else "pearson") of every task present but the auxiliary
+    ones (omitted if none).
     ``overall``: ``overall_score`` of sst accuracy, para accuracy and sts pearson, only when all three exist.
     Existing top-level "overall"/"mean" entries are recomputed, not averaged in.
     """
     out = {task: (dict(m) if isinstance(m, Mapping) else m) for task, m in dev_metrics.items()
            if task not in ("overall", "mean")}
-    primaries = [p for p in (_primary(m) for t, m in out.items() if t not in AUXILIARY_TASKS) if p is not None]
+    primaries = [p for p in (_primary(m) for t, m in out.items()
+                             if not (t in tasks.TASKS and tasks.TASKS[t].auxiliary)) if p is not None]
     if primaries:
         out["mean"] = float(np.mean(primaries))
     sst, para, sts = (out.get(t) for t in ("sst", "para", "sts"))

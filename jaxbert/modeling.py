@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxbert.choices import ATTENTION_KERNELS, PAL_FUNCTIONS
+
 Array = jax.Array
 Dtype = Any
 
@@ -89,9 +91,6 @@ class BertConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
-
-
-ATTENTION_KERNELS = ("auto", "xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,9 +271,6 @@ class BertLayer(nn.Module):
 
 # `adapter(layer_index, h, attention_mask, deterministic)` → `[batch, seq, hidden]`, added in parallel to a layer.
 Adapter = Callable[[int, Array, Array, bool], Array]
-
-
-PAL_FUNCTIONS = ("attention", "identity")
 
 
 class ProjectedAttention(nn.Module):

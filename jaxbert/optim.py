@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxbert.choices import SCHEDULES
+
 __all__ = [
     "ScaleByRefAdamWState",
     "adamw",
@@ -45,7 +47,6 @@ __all__ = [
 ScalarOrSchedule = Union[float, optax.Schedule]
 MaskOrFn = Optional[Union[Any, Callable[[optax.Params], Any]]]
 
-SCHEDULES = ("constant", "linear")
 
 
 class ScaleByRefAdamWState(NamedTuple):

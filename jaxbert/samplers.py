@@ -35,8 +35,8 @@ from typing import Mapping
 
 import numpy as np
 
-SAMPLERS = ("roundrobin", "sequential", "proportional", "annealed")
-EPOCH_LENGTHS = ("min", "max", "steps")
+from jaxbert.choices import EPOCH_LENGTHS, SAMPLERS
+
 TASK_DRAW_TAG = 0x5EED7A5C  # constant last seed word of the task-draw stream of proportional/annealed sampling
 
 __all__ = ["SAMPLERS", "EPOCH_LENGTHS", "TASK_DRAW_TAG", "epoch_plan", "annealing_alpha", "task_probabilities",

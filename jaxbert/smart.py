@@ -8,55 +8,19 @@ and ℓ_s a symmetric divergence between two outputs. All divergences are comput
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
+from jaxbert.config import SmartConfig
+
 Array = jax.Array
 PyTree = Any
 
-KINDS = ("classification", "binary", "regression")
-ASCENTS = ("projected", "normalized")
-NORMS = ("inf", "l2")
-TASK_KIND = {"sst": "classification", "cfimdb": "classification", "tweet": "classification", "para": "binary",
-             "sts": "regression"}
+KINDS = ("classification", "binary", "regression")  # `Task.divergence`
 _TINY = 1e-30  # keeps a zero gradient or zero perturbation from dividing by zero
-
-
-@dataclasses.dataclass(frozen=True)
-class SmartConfig:
-    """SMART hyper-parameters; the defaults are the paper's (σ = ε = 1e-5, η = 1e-3, K = 1, β = 0.99)."""
-
-    weight: float = 1.0  # λ_s, multiplies adversarial_loss
-    noise_std: float = 1e-5  # σ of the initial perturbation δ₀ ~ N(0, σ²)
-    step_size: float = 1e-3  # η of each ascent step
-    epsilon: float = 1e-5  # ε, radius of the perturbation ball
-    steps: int = 1  # K ascent steps (0: the random start alone, projected onto the ball)
-    samples: int = 1  # random starts; each example takes its largest divergence over them (report 001: 7)
-    norm: str = "inf"  # inf | l2: the ball and the gradient normalization
-    ascent: str = "projected"  # projected (the paper, MT-DNN) | normalized (the smart-pytorch library)
-    bregman_weight: float = 1.0  # μ, multiplies bregman_loss
-    teacher_momentum: float = 0.99  # β of θ̃ ← β θ̃ + (1 − β) θ
-
-    def __post_init__(self):
-        for name in ("weight", "noise_std", "step_size", "epsilon", "bregman_weight", "teacher_momentum"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-                raise ValueError(f"SmartConfig.{name} must be a finite number >= 0, got {value!r}")
-        if self.teacher_momentum > 1:
-            raise ValueError(f"SmartConfig.teacher_momentum must be in [0, 1], got {self.teacher_momentum!r}")
-        for name, least in (("steps", 0), ("samples", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"SmartConfig.{name} must be an integer >= {least}, got {value!r}")
-        if self.norm not in NORMS:
-            raise ValueError(f"SmartConfig.norm must be 'inf' or 'l2', got {self.norm!r}")
-        if self.ascent not in ASCENTS:
-            raise ValueError(f"SmartConfig.ascent must be one of {', '.join(ASCENTS)}, got {self.ascent!r}")
 
 
 def _log_probs(out: Array, kind: str) -> Array:

@@ -16,7 +16,6 @@ that config repeats the seed.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -31,57 +30,17 @@ import optax
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from jaxbert import build
 from jaxbert import data as data_lib
 from jaxbert.checkpoint import CheckpointStore
-from jaxbert.config import Config, TrainConfig, resolve_stage, save_config, smart_options, stage_names, to_dict
-from jaxbert.convert import load_pretrained, resolve_hf_folder, PARAMS_DIR
-from jaxbert.heads import HeadSpec, MultitaskBert
+from jaxbert.config import Config, ConfigError, TrainConfig, replace, resolve_stage, save_config, stage_names, to_dict
+from jaxbert.heads import MultitaskBert
 from jaxbert.metrics import summarize, task_metric
-from jaxbert.modeling import Execution
-from jaxbert.optim import make_optimizer
 from jaxbert.prefetch import prefetch
 from jaxbert.samplers import epoch_plan
+from jaxbert.tasks import Task
 from jaxbert.tokenization import BertTokenizer
-from jaxbert.smart import SmartConfig
-from jaxbert.train_step import (Objective, TrainState, create_train_state, data_mesh, initial_extra, jit_predict_step,
-                                jit_train_step, make_predict_step, make_train_step, partly_frozen_optimizer, replicate,
-                                seed_slice, shard_batch, stack_seeds, updates_per_step)
-
-# The course's prediction-file headers, kept verbatim (typo included) so its scripts read our files.
-PREDICTION_HEADERS = {"sst": "Predicted_Sentiment", "cfimdb": "Predicted_Sentiment", "para": "Predicted_Is_Paraphrase",
-                      "sts": "Predicted_Similiarity", "tweet": "Predicted_Sentiment"}
-
-
-def build_model(config: Config, log: Callable[[str], None],
-                seeds: list[int] | None = None) -> tuple[MultitaskBert, dict, Path]:
-    """The multitask model, its initial params (pretrained encoder, fresh heads from `train.seed`) and the vocab
-    file. With `seeds`, the params are stacked over them (`stack_seeds`): one encoder, each seed's own heads."""
-    bert_config, bert_params = load_pretrained(config.model.checkpoint, log)
-    overrides = {"hidden_dropout_prob": config.model.hidden_dropout,
-                 "attention_probs_dropout_prob": config.model.attention_dropout}
-    bert_config = dataclasses.replace(bert_config, **{k: v for k, v in overrides.items() if v is not None})
-    heads = HeadSpec(**{f.name: getattr(config.heads, f.name) for f in dataclasses.fields(HeadSpec)})
-    # Every batch comes from `data_lib`, which pads on the right: masks can travel as lengths.
-    execution = Execution(config.model.attention, right_padded=True, remat=config.model.remat)
-    model = MultitaskBert(bert_config, tuple(config.tasks), heads, config.model.freeze_encoder,
-                          dtype=jnp.dtype(config.model.dtype), execution=execution)
-    dummy = {k: jnp.zeros((1, 4), jnp.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
-    dummy.update({k + suffix: v for k, v in dummy.items() for suffix in ("_b", "_c")})
-    # The encoder's random init is dropped inside the program, so XLA never computes it.
-    init_heads = [jax.jit(lambda key, t=task: {name: p for name, p in model.init(key, t, dummy)["params"].items()
-                                               if name != "bert"}) for task in config.tasks]
-
-    def initial_params(seed):
-        params = {}
-        for init in init_heads:
-            params.update(init(jax.random.key(seed)))
-        return {**params, "bert": bert_params}
-
-    params = initial_params(config.train.seed) if seeds is None else stack_seeds([initial_params(s) for s in seeds])
-    checkpoint = Path(config.model.checkpoint)
-    vocab = checkpoint / "vocab.txt" if (checkpoint / PARAMS_DIR).is_dir() else \
-        resolve_hf_folder(config.model.checkpoint, log) / "vocab.txt"
-    return model, params, vocab
+from jaxbert.train_step import TrainState, data_mesh, replicate, seed_slice, shard_batch, stack_seeds, updates_per_step
 
 
 def run_plans(config: Config, train: dict[str, data_lib.Encoded], seed: int) -> list[list[dict[str, np.ndarray]]]:
@@ -114,7 +73,7 @@ def step_batches(train: dict[str, data_lib.Encoded], step: dict[str, np.ndarray]
 
 def predict_split(encoded: data_lib.Encoded, predict: Callable, params: Any, mesh, batch_size: int,
                   buckets: list[int]) -> np.ndarray:
-    """Raw head outputs for every example of a split, in file order.
+    """Raw head outputs `[examples, seeds, ...]` for every example of a split, in file order.
 
     Examples are batched shortest first, so each batch pads only to the bucket of similar lengths."""
     order = np.argsort(encoded.lengths, kind="stable")
@@ -124,39 +83,35 @@ def predict_split(encoded: data_lib.Encoded, predict: Callable, params: Any, mes
         length = data_lib.batch_length(encoded, padded, buckets)
         batch = {k: v for k, v in data_lib.make_batch(encoded, padded, length).items() if k != "labels"}
         outputs.append(np.asarray(jax.device_get(predict(params, shard_batch(batch, mesh))))[valid])
-    if not outputs:
-        return np.zeros((0,))
+    if not outputs:  # a split with no valid rows
+        return np.zeros((0, jax.tree.leaves(params)[0].shape[0]))
     result = np.empty_like(np.concatenate(outputs))
     result[order] = np.concatenate(outputs)
     return result
 
 
-def to_predictions(task_kind: str, outputs: np.ndarray) -> np.ndarray:
+def to_predictions(task: Task, outputs: np.ndarray) -> np.ndarray:
     """Head outputs → what the course's files hold: class ids from logits, 0/1 from a logit, or the score."""
-    if outputs.ndim == 2:  # one logit per class (sst, and cfimdb's two-way softmax)
-        return outputs.argmax(-1)
-    if task_kind == "binary":
-        return (outputs > 0).astype(np.int64)
+    if task.kind == "classification":
+        return (outputs > 0).astype(np.int64) if task.binary else outputs.argmax(-1)
     return outputs
 
 
 def evaluate(data: dict[str, dict[str, data_lib.Encoded]], predictors: dict[str, Callable], params: Any, mesh,
-             config: Config, split: str,
-             num_seeds: int | None = None) -> list[tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]]:
-    """Metrics on every labeled file of `split`, and the predictions of every file of it: one pair, or with
-    `num_seeds` (params stacked over seeds, predictors made with `seed_axis`) one per seed, from one pass."""
-    per_seed = [({}, {}) for _ in range(num_seeds or 1)]
+             config: Config, split: str) -> list[tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]]:
+    """Each seed's metrics on every labeled file of `split` and its predictions of every file of it, from one
+    pass of the params stacked over the seeds."""
+    per_seed = [({}, {}) for _ in range(jax.tree.leaves(params)[0].shape[0])]
     for task, splits in data.items():
         if split not in splits:
             continue
         encoded = splits[split]
         outputs = predict_split(encoded, predictors[task], params, mesh, config.train.eval_batch_size,
-                                config.data.buckets)  # [examples, seeds, ...] with `num_seeds`
+                                config.data.buckets)  # [examples, seeds, ...]
         for k, (metrics, predictions) in enumerate(per_seed):
-            seed_outputs = outputs[:, k] if num_seeds and len(outputs) else outputs
-            predictions[task] = to_predictions(encoded.task.label_kind, seed_outputs)
+            predictions[task] = to_predictions(encoded.task, outputs[:, k])
             if encoded.labels is not None:
-                metrics[task] = task_metric(encoded.task.label_kind, predictions[task], encoded.labels)
+                metrics[task] = task_metric(encoded.task, predictions[task], encoded.labels)
     return [(summarize(metrics) if metrics else {}, predictions) for metrics, predictions in per_seed]
 
 
@@ -166,7 +121,7 @@ def write_predictions(out: Path, data, predictions_by_split: dict[str, dict[str,
     for split, predictions in predictions_by_split.items():
         for task, values in predictions.items():
             with open(folder / f"{task}-{split}-output.csv", "w") as f:
-                f.write(f"id \t {PREDICTION_HEADERS[task]} \n")
+                f.write(f"id \t {data[task][split].task.prediction_header} \n")
                 for example_id, value in zip(data[task][split].ids, values):
                     f.write(f"{example_id} , {value} \n")
 
@@ -208,17 +163,6 @@ def dev_score(dev_metrics: dict[str, Any]) -> float | None:
     return None
 
 
-def objective_from_config(config: Config) -> Objective:
-    losses, s = config.losses, config.smart
-    smart = SmartConfig(**smart_options(s)) if s.enabled else None
-    return Objective(losses.sst, losses.label_smoothing, losses.ordinal_alpha, losses.supcon_weight,
-                     losses.supcon_temperature, losses.simcse_weight, tuple(losses.simcse_tasks),
-                     losses.simcse_temperature, smart, None if s.tasks is None else tuple(s.tasks),
-                     sts_loss=losses.sts,
-                     cosine_embedding_threshold=losses.cosine_embedding_threshold,
-                     cosine_embedding_margin=losses.cosine_embedding_margin)
-
-
 def data_seed(t: TrainConfig) -> int:
     """The seed of the batch order."""
     return t.seed if t.data_seed is None else t.data_seed
@@ -229,18 +173,11 @@ def seed_configs(config: Config) -> list[Config]:
 
     A vmapped run pins their batch order to its own (`data_seed`); one run after another leaves it to each seed.
     """
-    t, configs = config.train, []
-    for seed in range(t.seed, t.seed + t.seeds):
-        single = copy.deepcopy(config)
-        single.out = str(Path(config.out) / f"seed{seed}")
-        single.train.seed, single.train.seeds, single.train.vmap_seeds = seed, 1, False
-        single.train.data_seed = data_seed(t) if t.vmap_seeds else t.data_seed
-        configs.append(single)
-    return configs
-
-
-def dropout_base_key(seed: int) -> jax.Array:
-    return jax.random.fold_in(jax.random.key(seed), 1)  # stream 0 initialized the heads
+    t = config.train
+    return [replace(config, {"out": str(Path(config.out) / f"seed{seed}"), "train.seed": seed, "train.seeds": 1,
+                             "train.vmap_seeds": False,
+                             "train.data_seed": data_seed(t) if t.vmap_seeds else t.data_seed})
+            for seed in range(t.seed, t.seed + t.seeds)]
 
 
 def current_step(state: TrainState) -> int:
@@ -274,25 +211,23 @@ def run_stages(config: Config) -> list[Stage]:
             for k, (name, stage) in enumerate(stages)]
 
 
-class SeedRuns:
-    """The per-seed side of a run: each seed's config (so its folder), its record (dev history, best score), its
-    best checkpoint and its TensorBoard writer.
+class Recorder:
+    """Where a run's results go: each seed's folder, dev history, best score and best checkpoint, TensorBoard
+    writer, `metrics.jsonl` and `results.json`, and the run's latest checkpoint of the whole state.
 
-    A single-seed run has one seed, whose folder and checkpoint store are the run's own. The seeds of a vmapped
-    run share one state stacked over them (`stacked`), saved whole in the run's `latest` checkpoint for
-    `--resume`; each seed keeps its best checkpoint and everything else in `<out>/seed<k>/`, as a single-seed
-    run would.
+    The state is stacked over the seeds. A single-seed run's one seed writes into the run's own folder (its
+    best checkpoint beside the latest); a vmapped run writes each seed into `<out>/seed<k>/`, as a single-seed
+    run would, and keeps the stacked latest state in the run's `checkpoints/` for `--resume`.
     """
 
-    def __init__(self, config: Config, store: CheckpointStore):
-        self.stacked = config.train.seeds > 1
+    def __init__(self, config: Config):
         self.out = Path(config.out)
-        self.configs = seed_configs(config) if self.stacked else [config]
-        self.store = store
-        self.best_stores = [CheckpointStore(Path(c.out) / "checkpoints") for c in self.configs] if self.stacked \
-            else [store]
+        self.configs = seed_configs(config) if config.train.seeds > 1 else [config]
+        self.store = CheckpointStore(self.out / "checkpoints")
+        self.best_stores = [self.store] if config.train.seeds == 1 else [
+            CheckpointStore(Path(c.out) / "checkpoints") for c in self.configs]
         self.records = [{"best_score": -math.inf, "history": [], "score": -math.inf} for _ in self.configs]
-        if self.stacked:
+        if config.train.seeds > 1:
             for single in self.configs:
                 Path(single.out).mkdir(exist_ok=True)
                 save_config(single, Path(single.out) / "config.yaml")
@@ -304,21 +239,21 @@ class SeedRuns:
 
     def progress(self, position: dict[str, int]) -> dict[str, Any]:
         """What a checkpoint records beside the state: the loop position (stage, epoch, step in it) and every
-        seed's record, in one mapping for a single-seed run, as a list under `seeds` for a vmapped one."""
-        return {**position, "seeds": self.records} if self.stacked else {**position, **self.records[0]}
+        seed's record."""
+        return {**position, "seeds": self.records}
 
     def resume(self, progress: dict[str, Any]) -> dict[str, int]:
         """Takes the records of a checkpoint's `progress`; returns its loop position."""
-        saved = len(progress["seeds"]) if "seeds" in progress else 1
-        if saved != len(self.configs):
-            raise ValueError(f"--resume: the checkpoint in {self.out / 'checkpoints'} holds {saved} seed(s), this run "
-                             f"trains {len(self.configs)} (train.seeds, train.vmap_seeds): resume with the settings "
-                             "it was started with, or train into another out folder")
-        position = {"stage": progress.get("stage", 0), "epoch": progress["epoch"],
-                    "step_in_epoch": progress["step_in_epoch"]}
-        self.records = progress["seeds"] if self.stacked else [
-            {k: v for k, v in progress.items() if k not in position}]
-        return position
+        where = self.out / "checkpoints"
+        if "seeds" not in progress:
+            raise ConfigError(f"--resume: the checkpoint in {where} was written by an older jaxbert, whose state had "
+                              "no seed axis: finish it with that version, or train into another out folder")
+        if len(progress["seeds"]) != len(self.configs):
+            raise ConfigError(f"--resume: the checkpoint in {where} holds {len(progress['seeds'])} seed(s), this run "
+                              f"trains {len(self.configs)} (train.seeds, train.vmap_seeds): resume with the settings "
+                              "it was started with, or train into another out folder")
+        self.records = progress["seeds"]
+        return {"stage": progress["stage"], "epoch": progress["epoch"], "step_in_epoch": progress["step_in_epoch"]}
 
     def rewrite_metrics(self) -> None:
         """Each seed's `metrics.jsonl` from its record. The checkpoint's history is the record: a run stopped
@@ -327,19 +262,19 @@ class SeedRuns:
             (Path(single.out) / "metrics.jsonl").write_text(
                 "".join(json.dumps(entry) + "\n" for entry in record["history"]))
 
-    def seed_tree(self, tree: Any, k: int) -> Any:
-        return seed_slice(tree, k) if self.stacked else tree
-
     def log_step(self, step_metrics: dict[str, jax.Array], rate: float, step: int) -> str:
         """Writes the step's metrics to each seed's TensorBoard; returns the losses, one per seed."""
         host = jax.device_get(step_metrics)
         losses = []
         for k, writer in enumerate(self.writers):
-            metrics = {name: float(self.seed_tree(value, k)) for name, value in host.items()}
+            metrics = {name: float(value[k]) for name, value in host.items()}
             losses.append(f"{metrics['loss']:.4f}")
             for name, value in {**metrics, "examples_per_sec": rate}.items():
                 writer.add_scalar(f"train/{name}", value, step)
         return " ".join(losses)
+
+    def save_latest(self, state: TrainState, position: dict[str, int]) -> None:
+        self.store.save(state.checkpoint_items(), self.progress(position))
 
     def end_epoch(self, evaluations: list[tuple[dict, dict]], state: TrainState, stage: Stage,
                   position: dict[str, int], examples_per_sec: float, log: Callable[[str], None]) -> None:
@@ -356,12 +291,12 @@ class SeedRuns:
             # With no score to select by, no best checkpoint is kept and the final evaluation uses the latest state.
             improved.append(score is not None and score > record["best_score"])
             record.update(best_score=score if improved[-1] else record["best_score"], score=score)
+        self.save_latest(state, position)
         items = state.checkpoint_items()
-        self.store.save(items, self.progress(position))
         stage_label = f"stage {stage.name}: " if stage.name else ""
         for k, (single, record, writer) in enumerate(zip(self.configs, self.records, self.writers)):
             if improved[k]:
-                self.best_stores[k].save_best(self.seed_tree(items, k), {**position, **record})
+                self.best_stores[k].save_best(seed_slice(items, k), {**position, **record})
             entry = record["history"][-1]
             with open(Path(single.out) / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(entry) + "\n")
@@ -372,23 +307,22 @@ class SeedRuns:
                 f"{' (best)' if improved[k] else ''}")
 
     def label(self, k: int) -> str:
-        return f"seed {self.seeds[k]} " if self.stacked else ""
+        return f"seed {self.seeds[k]} " if len(self.configs) > 1 else ""
 
     def best_params(self, params: Any) -> Any:
         """Every seed's params from its best checkpoint (`params`, its latest, if it has none), stacked like
         `params`. Only the params are read: the best checkpoint may be an earlier stage's, with another optimizer."""
         best_params = []
         for k, store in enumerate(self.best_stores):
-            latest = self.seed_tree(params, k)
+            latest = seed_slice(params, k)
             best = store.restore({"params": latest}, which="best", partial=True)
             best_params.append(best[0]["params"] if best else latest)
-        return stack_seeds(best_params) if self.stacked else best_params[0]
+        return stack_seeds(best_params)
 
     def close(self) -> None:
         for writer in self.writers:
             writer.close()
-        self.store.close()
-        for store in self.best_stores if self.stacked else []:
+        for store in {id(store): store for store in [self.store, *self.best_stores]}.values():
             store.close()
 
     def write_results(self, data, evaluations: dict[str, list[tuple[dict, dict]]], steps: int, start_time: float,
@@ -424,8 +358,7 @@ class Run:
     data: dict[str, dict[str, data_lib.Encoded]]
     predictors: dict[str, Callable]
     mesh: Mesh
-    seed_runs: SeedRuns  # the run's latest checkpoint, and each seed's records, best checkpoint and writer
-    base_key: jax.Array  # dropout keys fold in the global step, so they never repeat across stages; [seeds] stacked
+    recorder: Recorder
     log: Callable[[str], None]
     # Optimizer and jitted step of each entry of `config.stages`, built once: every cycle reuses them.
     steps: dict[int, tuple[optax.GradientTransformation, Callable]] = dataclasses.field(default_factory=dict)
@@ -433,22 +366,11 @@ class Run:
 
 def stage_step(run: Run, stage: Stage, params: Any,
                total_updates: int) -> tuple[optax.GradientTransformation, Callable]:
-    """The stage's optimizer (its learning rate and schedule laid out over its `total_updates`, its frozen params
-    left alone) and its jitted train step (its tasks, loss combination, surgery, frozen encoder or not; vmapped
-    over the seeds of a stacked run, whose `base_key` is a stack of keys)."""
+    """The stage's optimizer (over its `total_updates`) and jitted train step, built on the stage's first use."""
     entry = stage.index % max(len(run.config.stages), 1)
     if entry not in run.steps:
-        config, t = stage.config, stage.config.train
-        tx = make_optimizer(t.lr, max(total_updates, 1), warmup_ratio=t.warmup_ratio, schedule=t.schedule,
-                            weight_decay=t.weight_decay, clip_norm=t.clip_norm, eps=t.eps)
-        # The heads and PALs of the run's tasks that the stage does not train need no freezing: an update leaves
-        # every group without a loss in it untouched (`train_step.untouched`).
-        if config.model.freeze_encoder:
-            tx = partly_frozen_optimizer(tx, params, {"bert"})
-        model = run.model.clone(freeze_encoder=config.model.freeze_encoder)
-        train_step = make_train_step(model, tx, run.base_key, t.loss_combination, t.loss_weights, t.surgery,
-                                     objective_from_config(config), t.gradvac_beta, t.accumulation_steps, t.updates)
-        run.steps[entry] = tx, jit_train_step(train_step, run.mesh)
+        tx = build.optimizer(stage.config, params, total_updates)
+        run.steps[entry] = tx, build.train_step(run.model, tx, stage.config, run.recorder.seeds, run.mesh)
     return run.steps[entry]
 
 
@@ -457,37 +379,27 @@ def run_stage(run: Run, stage: Stage, params: Any, start_step: jax.Array, positi
     """Trains `stage` from `position` in it (its epoch, and the step within that epoch), with a dev evaluation,
     a `metrics.jsonl` record and checkpoints after every epoch.
 
-    The stage starts from `params` (encoder and heads) and the global `start_step` of the stage before, with a new
-    optimizer state and a new `TrainState.extra`: its learning rate and schedule are laid out over its own steps,
-    and AdamW's moments and GradVac's or SMART's running values belong to the objective and parameters they
-    were gathered for. With `resume`, the state is the latest checkpoint's, which this stage wrote. In a vmapped
-    multi-seed run `params` and `start_step` are stacked over the seeds, and so is the state.
+    The stage starts from `params` (encoder and heads, `[seeds, ...]`) and the global `start_step` of the stage
+    before, with a new optimizer state and a new `TrainState.extra`: its learning rate and schedule are laid out
+    over its own steps, and AdamW's moments and GradVac's or SMART's running values belong to the objective and
+    parameters they were gathered for. With `resume`, the state is the latest checkpoint's, which this stage
+    wrote.
     """
-    config, t, seed_runs = stage.config, stage.config.train, run.seed_runs
+    config, t, recorder = stage.config, stage.config.train, run.recorder
     train = {task: splits["train"] for task, splits in run.data.items() if task in config.tasks}
     plans = run_plans(config, train, stage.plan_seed)
     epoch_steps = [len(plan) for plan in plans]
     total_steps = sum(epoch_steps)
-    total_updates = sum(updates_per_step(t.surgery, t.updates, len(step)) for plan in plans for step in plan)
-    if t.batch_size % (t.accumulation_steps * run.mesh.devices.size):
-        raise ValueError(f"train.batch_size {t.batch_size} is not divisible by train.accumulation_steps "
-                         f"{t.accumulation_steps} × the {run.mesh.devices.size} devices (each device's micro-batch)")
+    total_updates = sum(updates_per_step(t, len(step)) for plan in plans for step in plan)
     tx, train_step = stage_step(run, stage, params, total_updates)
-
-    def initial_state(params):
-        extra = initial_extra(params, len(config.tasks), t.surgery, objective_from_config(config))
-        return create_train_state(params, tx, extra)
-
-    state = jax.vmap(initial_state)(params) if seed_runs.stacked else initial_state(params)
-    state = replicate(state.replace(step=start_step), run.mesh)
+    state = replicate(build.train_state(params, tx, config).replace(step=start_step), run.mesh)
     label = f"stage {stage.name}: " if stage.name else ""
     if resume:
-        items, _ = seed_runs.store.restore(state.checkpoint_items())
+        items, _ = recorder.store.restore(state.checkpoint_items())
         state = replicate(state.replace(**items), run.mesh)
         run.log(f"resumed from step {current_step(state)} ({label}epoch {position['epoch'] + 1}, "
                 f"step {position['step_in_epoch']} of it)")
 
-    num_seeds = len(seed_runs.seeds) if seed_runs.stacked else None
     for epoch in range(position["epoch"], t.epochs):
         if epoch_steps[epoch] == 0:
             break
@@ -504,7 +416,7 @@ def run_stage(run: Run, stage: Stage, params: Any, start_step: jax.Array, positi
             step = i + 1
             if step % t.log_every == 0 or step == len(plan):
                 rate = examples / max(time.time() - tick, 1e-9)
-                loss = seed_runs.log_step(step_metrics, rate, current_step(state))
+                loss = recorder.log_step(step_metrics, rate, current_step(state))
                 bar.set_postfix(loss=loss, ex_s=f"{rate:.0f}")
                 done = sum(epoch_steps[:epoch]) + step
                 if bar.disable:  # no terminal (a log file, CI): the same figures as plain lines
@@ -512,13 +424,23 @@ def run_stage(run: Run, stage: Stage, params: Any, start_step: jax.Array, positi
                     run.log(f"{label}step {done}/{total_steps} loss {loss} "
                             f"{rate:.0f} examples/s, ETA {eta / 60:.1f} min (this epoch's rate)")
             if t.checkpoint_every and step % t.checkpoint_every == 0 and step < len(plan):
-                seed_runs.store.save(state.checkpoint_items(), seed_runs.progress(
-                    {"stage": stage.index, "epoch": epoch, "step_in_epoch": step}))
+                recorder.save_latest(state, {"stage": stage.index, "epoch": epoch, "step_in_epoch": step})
         bar.close()
-        evaluations = evaluate(run.data, run.predictors, state.params, run.mesh, config, "dev", num_seeds)
-        seed_runs.end_epoch(evaluations, state, stage, {"stage": stage.index, "epoch": epoch + 1, "step_in_epoch": 0},
-                            examples / max(time.time() - tick, 1e-9), run.log)
+        evaluations = evaluate(run.data, run.predictors, state.params, run.mesh, config, "dev")
+        recorder.end_epoch(evaluations, state, stage, {"stage": stage.index, "epoch": epoch + 1, "step_in_epoch": 0},
+                           examples / max(time.time() - tick, 1e-9), run.log)
     return state
+
+
+def check_devices(config: Config, devices: int) -> None:
+    """The rule the config cannot check alone: every stage's batch splits evenly over its micro-batches and
+    the devices, so each device's micro-batch has the same size."""
+    for stage in run_stages(config):
+        t = stage.config.train
+        if t.batch_size % (t.accumulation_steps * devices):
+            where = f"stage {stage.name}: " if stage.name else ""
+            raise ConfigError(f"{where}train.batch_size {t.batch_size} is not divisible by train.accumulation_steps "
+                              f"{t.accumulation_steps} × the {devices} devices (each device's micro-batch)")
 
 
 def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> dict[Any, Any]:
@@ -528,6 +450,8 @@ def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> di
     Params (encoder and heads) and the step count carry from stage to stage; the best checkpoint is chosen
     over every epoch of every stage.
     """
+    mesh = data_mesh()
+    check_devices(config, mesh.devices.size)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
@@ -540,45 +464,34 @@ def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> di
         log_seed_summary(by_seed, log)
         return by_seed
     start_time = time.time()
-    stacked = t.seeds > 1  # and vmapped: the state is stacked over the seeds
-    seeds = list(range(t.seed, t.seed + t.seeds))
-
-    model, params, vocab = build_model(config, log, seeds if stacked else None)
-    tokenizer = BertTokenizer(vocab)
-    data = data_lib.load_task_data(
-        config.tasks, ("train", "dev", "test"), config.data.data_dir, config.data.files, tokenizer,
-        max_length=config.data.max_length, source=config.data.source,
-        pair_encoding={"para": config.heads.para_encoding, "sts": config.heads.sts_encoding},
-        prompt={"para": config.heads.para_prompt}, cache_dir=config.data.cache_dir, log=log)
-    mesh = data_mesh()
-    seed_runs = SeedRuns(config, CheckpointStore(out / "checkpoints"))
-    predictors = {task: jit_predict_step(make_predict_step(model, task, seed_axis=stacked), mesh)
-                  for task in config.tasks}
-    base_key = jnp.stack([dropout_base_key(s) for s in seeds]) if stacked else dropout_base_key(t.seed)
-    run = Run(config, model, data, predictors, mesh, seed_runs, base_key, log)
+    encoder = build.load_encoder(config, log)
+    model = build.model(config, encoder.config)
+    params = build.initial_params(model, encoder.params, range(t.seed, t.seed + t.seeds))
+    data = data_lib.load_task_data(config, BertTokenizer(encoder.vocab), log=log)
+    recorder = Recorder(config)
+    run = Run(config, model, data, build.predict_steps(model, mesh), mesh, recorder, log)
 
     position, resume = {"stage": 0, "epoch": 0, "step_in_epoch": 0}, False
     if config.resume:
-        saved = seed_runs.store.progress()
+        saved = recorder.store.progress()
         if saved is None:
             log(f"--resume: no checkpoint in {out / 'checkpoints'}, starting fresh")
         else:
-            position, resume = seed_runs.resume(saved), True
-    seed_runs.rewrite_metrics()
+            position, resume = recorder.resume(saved), True
+    recorder.rewrite_metrics()
     # Replicated once, so placing them in each stage's state copies nothing.
-    params, step = replicate(params, mesh), jnp.zeros((len(seeds),) if stacked else (), jnp.int32)
+    params, step = replicate(params, mesh), jnp.zeros((len(recorder.seeds),), jnp.int32)
     for stage in run_stages(config)[position["stage"]:]:
         state = run_stage(run, stage, params, step, position, resume)
         params, step, resume = state.params, state.step, False
         del state  # its optimizer state belonged to the stage that ended
         position = {"stage": stage.index + 1, "epoch": 0, "step_in_epoch": 0}
 
-    best_params = replicate(seed_runs.best_params(params), mesh)
-    seed_runs.close()
-    evaluations = {split: evaluate(data, predictors, best_params, mesh, config, split, len(seeds) if stacked else None)
-                   for split in ("dev", "test")}
-    by_seed = seed_runs.write_results(data, evaluations, int(np.max(jax.device_get(step))), start_time, log)
-    if stacked:
+    best_params = replicate(recorder.best_params(params), mesh)
+    recorder.close()
+    evaluations = {split: evaluate(data, run.predictors, best_params, mesh, config, split) for split in ("dev", "test")}
+    by_seed = recorder.write_results(data, evaluations, int(np.max(jax.device_get(step))), start_time, log)
+    if t.seeds > 1:
         log_seed_summary(by_seed, log)
         return by_seed
     return by_seed[t.seed]

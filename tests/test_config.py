@@ -1,15 +1,22 @@
 """Strict typed configs: YAML files, `base:` inheritance and command-line overrides."""
 
+import dataclasses
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from jaxbert.config import (Config, ConfigError, StageConfig, load_config, parse_overrides, resolve_stage, save_config,
-                            stage_names)
+import jaxbert.config
+from jaxbert import choices
+from jaxbert.config import (ALIASES, CHOICES, SHORTHANDS, Config, ConfigError, StageConfig, leaf_paths, load_config,
+                            parse_overrides, resolve_stage, save_config, stage_names)
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
 
 
 def write(path, text):
@@ -51,7 +58,8 @@ def test_saved_config_reloads_identically(tmp_path):
     ("train:\n  sampler: random\n", "train.sampler is 'random'; allowed: roundrobin"),
     ("tasks: [sst, mnli]\n", "tasks ['sst', 'mnli'] must be a non-empty subset"),
     ("heads:\n  sts_encoding: cross\n", "heads.sts_head must be 'linear'"),
-    ("data:\n  buckets: [32, 64]\n", "must include data.max_length 128"),
+    ("data:\n  buckets: [32, 64]\n",
+     "data.buckets [32, 64] must be positive lengths, data.max_length 128 the largest"),
 ])
 def test_bad_yaml_names_file_and_key(tmp_path, text, message):
     path = write(tmp_path / "bad.yaml", text)
@@ -87,21 +95,21 @@ def test_resolved_config_is_plain_yaml(tmp_path):
 
 
 def test_method_flags_and_their_errors():
-    config = load_config(None, parse_overrides(["--pcgrad", "--smart", "--epsilon=1e-4"]))
+    config = load_config(None, parse_overrides(["--pcgrad", "--smart", "--smart.epsilon=1e-4"]))
     assert config.train.surgery == "pcgrad" and config.smart.enabled and config.smart.epsilon == 1e-4
     assert load_config(None, parse_overrides(["--gradvac"])).train.surgery == "gradvac"
-    with pytest.raises(ConfigError, match="smart.*epsilon"):
+    with pytest.raises(ConfigError, match=re.escape("smart.epsilon must be a finite number >= 0, got -1.0")):
         load_config(None, parse_overrides(["--smart.epsilon=-1"]))
     with pytest.raises(ConfigError, match="losses.sst is 'focal'"):
         load_config(None, parse_overrides(["--losses.sst=focal"]))
-    with pytest.raises(ConfigError, match="losses.simcse_tasks"):
-        load_config(None, parse_overrides(["--simcse-tasks=sst,mnli"]))
+    with pytest.raises(ConfigError, match=re.escape("losses.simcse_tasks ['mnli'] are not tasks")):
+        load_config(None, parse_overrides(["--losses.simcse_tasks=sst,mnli"]))
     with pytest.raises(ConfigError, match="train.surgery 'pcgrad'.*balanced"):
-        load_config(None, parse_overrides(["--pcgrad", "--loss-combination=balanced"]))
+        load_config(None, parse_overrides(["--pcgrad", "--train.loss_combination=balanced"]))
 
 
 def test_speed_options_and_their_errors():
-    config = load_config(None, parse_overrides(["--accumulation-steps=4", "--remat", "--attention=xla",
+    config = load_config(None, parse_overrides(["--accumulation-steps=4", "--remat", "--model.attention=xla",
                                                 "--batch-size=32"]))
     assert (config.train.accumulation_steps, config.model.remat, config.model.attention) == (4, True, "xla")
     assert (Config().train.accumulation_steps, Config().model.remat, Config().model.attention) == (1, False, "auto")
@@ -111,9 +119,9 @@ def test_speed_options_and_their_errors():
     with pytest.raises(ConfigError, match="train.accumulation_steps 0"):
         load_config(None, parse_overrides(["--accumulation-steps=0"]))
     with pytest.raises(ConfigError, match="'balanced'.*train.accumulation_steps 1"):
-        load_config(None, parse_overrides(["--accumulation-steps=2", "--loss-combination=balanced"]))
+        load_config(None, parse_overrides(["--accumulation-steps=2", "--train.loss_combination=balanced"]))
     with pytest.raises(ConfigError, match="model.attention is 'flash'; allowed: auto, xla, cudnn"):
-        load_config(None, parse_overrides(["--attention=flash"]))
+        load_config(None, parse_overrides(["--model.attention=flash"]))
 
 
 STAGED = """\
@@ -193,7 +201,7 @@ def test_stages_on_the_command_line():
     with pytest.raises(ConfigError, match=re.escape("stages[0]: expected a mapping of StageConfig fields")):
         load_config(None, parse_overrides(["--stages=heads"]))
     with pytest.raises(ConfigError, match="train.stage_cycles: expected an integer"):
-        load_config(None, parse_overrides(["--stage-cycles=twice"]))
+        load_config(None, parse_overrides(["--train.stage_cycles=twice"]))
 
 
 def test_report_recipes_and_their_errors():
@@ -211,5 +219,73 @@ def test_report_recipes_and_their_errors():
     with pytest.raises(ConfigError, match=re.escape("smart.tasks ['cfimdb'] must be a non-empty subset of the "
                                                     "run's tasks with a prediction to smooth: sst, para, sts")):
         load_config(None, parse_overrides(["--smart.tasks=cfimdb"]))
-    with pytest.raises(ConfigError, match="smart: SmartConfig.samples must be an integer >= 1"):
+    with pytest.raises(ConfigError, match=re.escape("smart.samples must be an integer >= 1, got 0")):
         load_config(None, parse_overrides(["--smart.samples=0"]))
+
+
+# ----------------------------------------------------------------------------- acceptance criteria of the redesign
+
+
+def run_python(*args):
+    """`python *args` in the repository root, with it on the import path."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_config_imports_no_jax():
+    """The bottom layer loads without JAX, Flax or Optax: a config is checked before anything heavy is imported."""
+    result = run_python("-c", "import jaxbert.config, sys; print('\\n'.join(sorted(sys.modules)))")
+    assert result.returncode == 0, result.stderr
+    modules = result.stdout.split()
+    assert "jaxbert.config" in modules
+    heavy = [m for m in modules if m.startswith(("jax", "flax", "optax")) and not m.startswith("jaxbert")]
+    assert heavy == []
+    assert sorted(m for m in modules if m.split(".")[0] == "jaxbert") == [
+        "jaxbert", "jaxbert.choices", "jaxbert.config", "jaxbert.tasks"]
+
+
+def test_train_script_reports_an_unknown_option_in_one_line():
+    result = run_python("train.py", "--steps=5")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("train.py: error:"), lines[0]
+    assert "--smart.steps" in lines[0] and "--train.steps_per_epoch" in lines[0]
+
+
+def test_aliases_and_shorthands_name_real_settings():
+    paths = leaf_paths()
+    assert set(ALIASES) == {
+        "tasks", "out", "resume", "checkpoint", "dtype", "freeze_encoder", "hidden_dropout", "attention_dropout",
+        "remat", "sts_head", "hidden_layers", "activation", "data_dir", "sampler", "surgery", "lr", "epochs",
+        "max_steps", "batch_size", "accumulation_steps", "seed", "seeds", "vmap_seeds"}
+    for alias, key in ALIASES.items():
+        assert key in paths, (alias, key)
+        assert parse_overrides([f"--{alias.replace('_', '-')}=x"]) == {key: "x"}
+    assert set(SHORTHANDS) == {*(s for s in choices.SURGERIES if s != "none"), "smart"}
+    for name, (key, value) in SHORTHANDS.items():
+        assert key in paths, (name, key)
+        if key in CHOICES:
+            assert value == name and value in CHOICES[key], (name, key, value)
+        else:
+            assert paths[key] is bool and value == "true", (name, key, value)
+        assert parse_overrides([f"--{name}"]) == {key: value}
+        assert jaxbert.config.get(load_config(None, parse_overrides([f"--{name}"])), key) == (
+            True if value == "true" else value)
+    # A bare field name that is no alias is an error that names the dotted key.
+    with pytest.raises(ConfigError, match=r"unknown option --eval-batch-size; did you mean --train\.eval_batch_size\b"):
+        parse_overrides(["--eval-batch-size=3"])
+    assert parse_overrides(["--train.eval_batch_size=3"]) == {"train.eval_batch_size": "3"}
+
+
+def test_configs_are_frozen_and_replaced_by_copy():
+    config = load_config(None, {})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.train.lr = 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.tasks = ["sst"]
+    replaced = jaxbert.config.replace(config, {"train.lr": "3e-5"})
+    assert replaced is not config and replaced.train.lr == 3e-5 and type(replaced.train.lr) is float
+    assert config.train.lr == 2e-5 == Config().train.lr  # the original is unchanged
+    assert replaced == dataclasses.replace(config, train=dataclasses.replace(config.train, lr=3e-5))

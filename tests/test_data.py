@@ -1,12 +1,15 @@
 """jaxbert.data: reading and validating the course CSVs, encoding, caching, batching."""
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from jaxbert.data import (TASKS, batch_length, bucket_length, check_buckets, encode_split, load_task_data,
-                          make_batch, pad_indices, read_hf_split, read_split)
+from jaxbert.config import ConfigError, load_config
+from jaxbert.data import (batch_length, bucket_length, encode_split, load_task_data, make_batch, pad_indices,
+                          read_hf_split, read_split)
+from jaxbert.tasks import TASKS
 from jaxbert.tokenization import BertTokenizer
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared/data/cs224n"
@@ -45,15 +48,23 @@ def quora(tmp_path):
     )
 
 
+def data_config(tasks, data_dir, cache_dir=None, **overrides):
+    """A validated config reading `tasks` from `data_dir` (no cache unless `cache_dir`); `overrides` are dotted
+    keys with `__` for the dot (`data__max_length=16`)."""
+    return load_config(None, {"tasks": tasks, "data.data_dir": str(data_dir),
+                              "data.cache_dir": str(cache_dir) if cache_dir else "none",
+                              **{k.replace("__", "."): v for k, v in overrides.items()}})
+
+
 def test_task_specs():
     assert set(TASKS) == {"sst", "cfimdb", "para", "sts", "nli", "tweet"}
-    assert TASKS["nli"].is_triplet and TASKS["nli"].default_file("dev") is None
-    assert TASKS["para"].is_pair and not TASKS["sst"].is_pair
-    assert TASKS["para"].default_file("test") == "quora-test-student.csv"
-    assert TASKS["cfimdb"].default_file("dev") == "ids-cfimdb-dev.csv"
-    assert (TASKS["sst"].num_classes, TASKS["sts"].label_kind, TASKS["sts"].num_classes) == (5, "score", 0)
+    assert len(TASKS["nli"].text) == 3 and TASKS["nli"].encoding == "triplet" and TASKS["nli"].file("dev") is None
+    assert TASKS["para"].is_pair and not TASKS["sst"].is_pair and not TASKS["nli"].is_pair
+    assert TASKS["para"].file("test") == "quora-test-student.csv"
+    assert TASKS["cfimdb"].file("dev") == "ids-cfimdb-dev.csv"
+    assert (TASKS["sst"].num_classes, TASKS["sts"].kind, TASKS["sts"].num_classes) == (5, "regression", 0)
     with pytest.raises(ValueError, match="unknown split"):
-        TASKS["sst"].default_file("val")
+        TASKS["sst"].file("val")
 
 
 def test_read_quoting_and_skips(quora):
@@ -200,10 +211,15 @@ def test_cache_hit(quora, tok, tmp_path, monkeypatch):
 
 def test_buckets_and_batches(quora, tok):
     assert [bucket_length(n, (32, 64, 128)) for n in (1, 32, 33, 128, 500)] == [32, 32, 64, 128, 128]
-    assert check_buckets([64, 16, 64], 64) == (16, 64)
+    # The buckets rule lives in the config now: unsorted and repeated lengths are fine, and bucket as their
+    # sorted unique set would.
+    buckets = load_config(None, {"data.buckets": "64,16,64", "data.max_length": "64"}).data.buckets
+    assert ([bucket_length(n, buckets) for n in (1, 16, 17, 64, 500)]
+            == [bucket_length(n, (16, 64)) for n in (1, 16, 17, 64, 500)] == [16, 16, 64, 64, 64])
     for bad in ([16, 32], [16, 128], [0, 64], []):
-        with pytest.raises(ValueError, match="buckets"):
-            check_buckets(bad, 64)
+        message = f"data.buckets {bad} must be positive lengths, data.max_length 64 the largest"
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(None, {"data.buckets": bad, "data.max_length": "64"})
 
     enc = encode_split(read_split(quora, TASKS["para"]), tok, max_length=32, pair_encoding="bi")
     idx = np.array([2, 0])
@@ -237,27 +253,35 @@ def test_load_task_data(tmp_path, tok):
     write_tsv(d / "ids-sst-dev.csv", SST_HEADER, "0\td0\tok\t2")
     write_tsv(d / "my-sts.csv", STS_HEADER, "0\ts0\ta\tb\t3.2")
     logs = []
-    out = load_task_data(["sst", "sts"], ["train", "test"], d, {"sts": {"train": "my-sts.csv"}}, tok,
-                         max_length=16, pair_encoding={"sts": "cross"}, cache_dir=tmp_path / "cache",
-                         log=logs.append)
+    short = dict(data__max_length="16", data__buckets="16")
+    config = data_config("sst,sts", d, tmp_path / "cache", data__files={"sts": {"train": "my-sts.csv"}},
+                         heads__sts_encoding="cross", heads__sts_head="linear", **short)
+    out = load_task_data(config, tok, ["train", "test"], logs.append)
     assert set(out["sst"]) == {"train"} and set(out["sts"]) == {"train"}  # test files absent
     assert out["sst"]["train"].split_name == "train" and len(out["sst"]["train"]) == 1
+    assert not out["sts"]["train"].bi_encoded and out["sts"]["train"].max_length == 16  # as the config says
     assert any("ids-sst-train.csv: 1 rows, skipped 1 (empty label 1: rows 2)" in line for line in logs)
     assert any("my-sts.csv: 1 rows, none skipped; 0 truncated" in line for line in logs)
     assert sum("absent" in line and "test" in line for line in logs) == 2
     logs.clear()
-    load_task_data(["sst"], ["train"], d, None, tok, max_length=16, pair_encoding={},
-                   cache_dir=tmp_path / "cache", log=logs.append)
+    load_task_data(data_config("sst", d, tmp_path / "cache", **short), tok, ["train"], logs.append)
     assert logs[0].endswith("(cached)")
+    # The encoding of a pair task is the config's (`heads.sts_encoding`, bi by default).
+    bi = load_task_data(data_config("sts", d, data__files={"sts": {"train": "my-sts.csv"}}, **short), tok,
+                        ["train"], logs.append)
+    assert bi["sts"]["train"].bi_encoded
 
     with pytest.raises(FileNotFoundError, match="sts-dev.csv"):
-        load_task_data(["sts"], ["dev"], d, None, tok, max_length=16, pair_encoding={"sts": "bi"}, log=logs.append)
-    with pytest.raises(ValueError, match="pair_encoding"):
-        load_task_data(["sts"], ["train"], d, None, tok, max_length=16, pair_encoding={}, log=logs.append)
-    with pytest.raises(ValueError, match="unknown task"):
-        load_task_data(["quora"], ["train"], d, None, tok, max_length=16, pair_encoding={}, log=logs.append)
+        load_task_data(data_config("sts", d, **short), tok, ["dev"], logs.append)
+    # What load_task_data checked of its arguments is the config's rules now.
+    with pytest.raises(ConfigError, match=re.escape("heads.sts_encoding is 'siamese'; allowed: cross, bi")):
+        data_config("sts", d, heads__sts_encoding="siamese", **short)
+    with pytest.raises(ConfigError, match=re.escape("tasks ['quora'] must be a non-empty subset of sst, cfimdb")):
+        data_config("quora", d, **short)
+    with pytest.raises(ConfigError, match=re.escape("data.files.quora: 'quora' is not a task")):
+        data_config("sst", d, data__files={"quora": {"train": "x.csv"}}, **short)
     with pytest.raises(ValueError, match="unknown split"):
-        load_task_data(["sst"], ["validation"], d, None, tok, max_length=16, pair_encoding={}, log=logs.append)
+        load_task_data(data_config("sst", d, **short), tok, ["validation"], logs.append)
 
 
 def test_read_hf_split(monkeypatch):
@@ -299,7 +323,7 @@ def test_real_files(tok, tmp_path):
                 "quora-dev.csv": 2000}
     for task in TASKS.values():
         for split in ("train", "dev"):
-            name = task.default_file(split)  # None: the task has no such split (nli has no dev file)
+            name = task.file(split)  # None: the task has no such split (nli has no dev file)
             if name is None or not (REAL_DATA / name).is_file():
                 continue
             path = REAL_DATA / name
@@ -313,8 +337,8 @@ def test_real_files(tok, tmp_path):
     assert set(np.unique(quora.labels)) <= {0, 1}
 
     logs = []
-    out = load_task_data(["para"], ["train"], REAL_DATA, None, tok, max_length=128,
-                         pair_encoding={"para": "cross"}, prompt={"para": PROMPT}, cache_dir=tmp_path,
-                         log=logs.append)
+    config = data_config("para", REAL_DATA, tmp_path, data__max_length="128", heads__para_encoding="cross",
+                         heads__para_prompt=PROMPT)
+    out = load_task_data(config, tok, ["train"], logs.append)
     assert len(out["para"]["train"]) == len(quora)
     print("\n".join(logs))

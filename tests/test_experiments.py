@@ -14,7 +14,7 @@ import yaml
 from jaxbert import experiments, training
 from jaxbert.config import leaf_paths, load_config, save_config
 from jaxbert.experiments import SuiteError, load_suite, plan
-from conftest import tiny_checkpoint, write_fixture_data
+from conftest import Interrupted, tiny_checkpoint, write_fixture_data
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
@@ -137,12 +137,9 @@ def test_vmapped_plan_groups_consecutive_missing_seeds(tmp_path):
     assert vmapped.overrides["train.vmap_seeds"] is True and vmapped.overrides["resume"] is True
     assert Path(vmapped.overrides["out"]) == results / "demo" / "plain"
     assert vmapped.folders == (results / "demo/plain/seed2", results / "demo/plain/seed3")
-    if "train.vmap_seeds" in leaf_paths():  # multi-seed training is in this version of the config
-        config = vmapped.config()
-        assert (config.train.seed, config.train.seeds, config.train.vmap_seeds) == (2, 2, True)
-    else:
-        with pytest.raises(SuiteError, match="vmap_seeds needs the config fields train.seeds"):
-            vmapped.config()
+    assert "train.vmap_seeds" in leaf_paths()  # multi-seed training is in this version of the config
+    config = vmapped.config()
+    assert (config.train.seed, config.train.seeds, config.train.vmap_seeds) == (2, 2, True)
     lines = experiments.describe_plan(suite, results, jobs, only=["plain"])
     assert sum("seeds 2,3 vmapped in one call" in line for line in lines) == 2
 
@@ -159,10 +156,6 @@ def test_mean_std_and_learning_curves():
 # ---------------------------------------------------------------------------------------------- end to end
 
 
-class Interrupted(Exception):
-    pass
-
-
 @pytest.fixture(scope="module")
 def tiny_suite(tmp_path_factory):
     """A suite of 2 rows × 2 seeds on a tiny random BERT and fixture data, 2 epochs of 5 steps per run."""
@@ -173,7 +166,8 @@ def tiny_suite(tmp_path_factory):
             "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 16, "lr": 1e-3, "log_every": 5}}
     suite = {"name": "tiny", "seeds": [0, 1], "overrides": {"train.sampler": "roundrobin"},
              "rows": [{"name": "sum", "config": "base.yaml"},
-                      {"name": "balanced", "config": "base.yaml", "overrides": {"loss_combination": "balanced"}}]}
+                      {"name": "balanced", "config": "base.yaml",
+                       "overrides": {"train.loss_combination": "balanced"}}]}
     path = write_suite(root, yaml.safe_dump(suite), yaml.safe_dump(base))
     return path, root / "results"
 

@@ -3,22 +3,23 @@ loss, NLI triplets with supervised SimCSE and tweet sentiment through the SST he
 
 import json
 import math
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import TINY, random_batch
+from conftest import TINY, WORDS, random_batch, run_config, sentence, tiny_checkpoint, write_fixture_data
 from jaxbert import losses
-from jaxbert.config import ConfigError, load_config, parse_overrides
-from jaxbert.data import TASKS, encode_split, load_task_data, read_hf_split, read_split
-from jaxbert.heads import MLP, HeadSpec, MultitaskBert
+from jaxbert.config import ConfigError, HeadsConfig, load_config, parse_overrides
+from jaxbert.data import encode_split, load_task_data, read_hf_split, read_split
+from jaxbert.heads import MLP, MultitaskBert
 from jaxbert.metrics import summarize
 from jaxbert.modeling import BertConfig
+from jaxbert.tasks import TASKS
 from jaxbert.tokenization import BertTokenizer
-from jaxbert.train_step import Objective, task_loss_fns
-from conftest import WORDS, sentence, tiny_checkpoint, write_fixture_data
+from jaxbert.train_step import task_loss_fns
 
 CONFIG = BertConfig(**TINY)  # hidden 32
 KEY = jax.random.key(7)
@@ -84,7 +85,7 @@ def tiny_batches(tasks, heads, batch=4, seq=9, seed=0):
     for task in tasks:
         ids, mask, types = random_batch(rng, CONFIG.vocab_size, batch=batch, seq=seq)
         b = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        for suffix in {"bi": ("_b",), "triplet": ("_b", "_c")}.get(heads.encoding(task), ()):
+        for suffix in {"bi": ("_b",), "triplet": ("_b", "_c")}.get(heads.encoding(TASKS[task]), ()):
             ids, mask, _ = random_batch(rng, CONFIG.vocab_size, batch=batch, seq=seq)
             b.update({f"input_ids{suffix}": ids, f"attention_mask{suffix}": mask,
                       f"token_type_ids{suffix}": np.zeros_like(ids)})
@@ -96,7 +97,9 @@ def tiny_batches(tasks, heads, batch=4, seq=9, seed=0):
 
 
 def build(tasks, heads):
-    model = MultitaskBert(CONFIG, tasks, heads)
+    """A model of `tasks` (names) with `heads` on the tiny encoder, its params and a batch per task. Not conftest's
+    `tiny_model`: its batches have no triplets (nli) and no tweet labels."""
+    model = MultitaskBert(CONFIG, tuple(TASKS[t] for t in tasks), heads)
     batches = tiny_batches(tasks, heads)
     params = {}
     for task in tasks:
@@ -112,7 +115,7 @@ def pooled(model, params, batch, suffix="", pooling="cls", task="sst"):
 
 def test_linear_heads_are_unchanged_by_default():
     """hidden_layers = 0: every head is the single dense layer it always was, parameters and outputs."""
-    heads = HeadSpec(para_encoding="bi", sts_head="cosine_concat")
+    heads = HeadsConfig(para_encoding="bi", sts_head="cosine_concat")
     model, params, batches = build(("sst", "para", "sts"), heads)
     assert jax.tree.map(jnp.shape, {k: v for k, v in params.items() if k != "bert"}) == {
         "sst": {"kernel": (32, 5), "bias": (5,)}, "para": {"kernel": (128, 1), "bias": (1,)},
@@ -126,7 +129,7 @@ def test_linear_heads_are_unchanged_by_default():
 @pytest.mark.parametrize("activation", ["squared_relu", "gelu"])
 def test_mlp_heads_against_numpy(activation):
     """Two hidden layers of width 16 before every learned head; the cosine STS head projects each sentence."""
-    heads = HeadSpec(para_encoding="bi", hidden_layers=2, hidden_size=16, activation=activation)
+    heads = HeadsConfig(para_encoding="bi", hidden_layers=2, hidden_size=16, activation=activation)
     model, params, batches = build(("sst", "para", "sts"), heads)
     shapes = jax.tree.map(jnp.shape, params)
     assert shapes["sst"] == {"hidden_0": {"kernel": (32, 16), "bias": (16,)},
@@ -148,7 +151,7 @@ def test_mlp_heads_against_numpy(activation):
 
 
 def test_hidden_size_defaults_to_the_encoder_and_cross_sts_gets_layers():
-    heads = HeadSpec(sts_encoding="cross", sts_head="linear", hidden_layers=1)
+    heads = HeadsConfig(sts_encoding="cross", sts_head="linear", hidden_layers=1)
     _, params, _ = build(("sst", "sts"), heads)
     assert params["sst"]["hidden_0"]["kernel"].shape == (32, 32)
     assert jax.tree.map(jnp.shape, params["sts"]) == {"hidden_0": {"kernel": (32, 32), "bias": (32,)},
@@ -157,25 +160,29 @@ def test_hidden_size_defaults_to_the_encoder_and_cross_sts_gets_layers():
 
 def test_task_hidden_layers_override_one_head():
     """{sts: 1}: the STS projection of reports 001 and 002 while the other heads stay linear."""
-    heads = HeadSpec(sts_head="sigmoid_cosine", task_hidden_layers={"sts": 1})
-    assert heads == HeadSpec(sts_head="sigmoid_cosine", task_hidden_layers=(("sts", 1),)) and hash(heads)
-    assert (heads.layers("sst"), heads.layers("sts"), heads.layers("nli")) == (0, 1, 1)
+    heads = HeadsConfig(sts_head="sigmoid_cosine", task_hidden_layers={"sts": 1})
+    # The config's heads section is the spec itself (no hashable copy of it any more).
+    loaded = load_config(None, {"heads.sts_head": "sigmoid_cosine", "heads.task_hidden_layers": {"sts": 1}})
+    assert heads == loaded.heads
+    assert (heads.layers(TASKS["sst"]), heads.layers(TASKS["sts"]), heads.layers(TASKS["nli"])) == (0, 1, 1)
     _, params, _ = build(("sst", "sts", "nli"), heads)
     assert jax.tree.map(jnp.shape, {k: v for k, v in params.items() if k != "bert"}) == {
         "sst": {"kernel": (32, 5), "bias": (5,)}, "sts": {"kernel": (32, 32), "bias": (32,)}}
-    with pytest.raises(ValueError, match="tweet → sst"):
-        HeadSpec(task_hidden_layers={"tweet": 1})
+    with pytest.raises(ConfigError, match=re.escape("heads.task_hidden_layers: 'tweet' is not a task with a head of "
+                                                    "its own (nli trains the sts head, tweet trains the sst head)")):
+        load_config(None, {"heads.task_hidden_layers": {"tweet": 1}})
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(task_hidden_layers={"sts": -1}), "hidden_layers must be non-negative, got -1 for sts"),
-    (dict(activation="swish"), "activation 'swish'"),
-    (dict(hidden_layers=-1), "hidden_layers must be non-negative"),
-    (dict(hidden_size=0), "hidden_size must be positive"),
+    (dict(task_hidden_layers={"sts": -1}), "heads.task_hidden_layers.sts must be non-negative, got -1"),
+    (dict(activation="swish"), "heads.activation is 'swish'; allowed: relu, gelu, tanh, squared_relu"),
+    (dict(hidden_layers=-1), "heads.hidden_layers must be non-negative, got -1"),
+    (dict(hidden_size=0), "heads.hidden_size must be positive or null, got 0"),
 ])
-def test_head_spec_errors(bad, message):
-    with pytest.raises(ValueError, match=message):
-        HeadSpec(**bad)
+def test_heads_config_errors(bad, message):
+    """The rules HeadSpec checked when built are the config's rules now."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, {f"heads.{key}": value for key, value in bad.items()})
 
 
 # ----------------------------------------------------------------------------- sigmoid cosine
@@ -184,7 +191,7 @@ def test_head_spec_errors(bad, message):
 @pytest.mark.parametrize("layers", [0, 1])
 def test_sigmoid_cosine_against_numpy(layers):
     """5·σ(s·cos(u, v)) (report 002), on the pooled embeddings or through a one-layer linear projection."""
-    heads = HeadSpec(sts_head="sigmoid_cosine", cosine_scale=20.0, pair_pooling="mean", hidden_layers=layers)
+    heads = HeadsConfig(sts_head="sigmoid_cosine", cosine_scale=20.0, pair_pooling="mean", hidden_layers=layers)
     model, params, batches = build(("sts",), heads)
     u, v = (pooled(model, params, batches["sts"], s, "mean", "sts") for s in ("", "_b"))
     if layers:
@@ -237,10 +244,12 @@ def task_key(index):
 def test_step_cosine_embedding_loss_reads_the_pair_embeddings(layers):
     """losses.sts = cosine_embedding: the step's STS loss is torch's CosineEmbeddingLoss on the (projected) pair,
     positives being the pairs scored ≥ 2.5."""
-    heads = HeadSpec(sts_head="sigmoid_cosine", hidden_layers=layers)
-    model, params, batches = build(("sts",), heads)
-    objective = Objective(sts_loss="cosine_embedding", cosine_embedding_threshold=2.5, cosine_embedding_margin=0.1)
-    total, parts = task_loss_fns(model, batches, KEY, objective)["sts"](params)
+    config = load_config(None, {"tasks": "sts", "heads.sts_head": "sigmoid_cosine", "heads.hidden_layers": layers,
+                                "losses.sts": "cosine_embedding", "losses.cosine_embedding_threshold": "2.5",
+                                "losses.cosine_embedding_margin": "0.1"})
+    assert config.heads == HeadsConfig(sts_head="sigmoid_cosine", hidden_layers=layers)
+    model, params, batches = build(("sts",), config.heads)
+    total, parts = task_loss_fns(model, batches, KEY, config)["sts"](params)
     _, embeddings = model.apply({"params": params}, "sts", batches["sts"], deterministic=False,
                                 return_embeddings=True, rngs={"dropout": task_key(0)})
     u, v = np.split(np.asarray(embeddings), 2)
@@ -248,7 +257,7 @@ def test_step_cosine_embedding_loss_reads_the_pair_embeddings(layers):
     assert set(parts) == {"head"} and 0 < (targets == 1).sum() < len(targets)
     np.testing.assert_allclose(total, numpy_cosine_embedding(u, v, targets, 0.1), rtol=1e-5)
     if layers:  # the projection is trained by it
-        grads = jax.grad(lambda p: task_loss_fns(model, batches, KEY, objective)["sts"](p)[0])(params)
+        grads = jax.grad(lambda p: task_loss_fns(model, batches, KEY, config)["sts"](p)[0])(params)
         assert np.abs(np.asarray(grads["sts"]["kernel"])).sum() > 0
 
 
@@ -257,12 +266,13 @@ def test_step_cosine_embedding_loss_reads_the_pair_embeddings(layers):
 
 @pytest.mark.parametrize("layers", [0, 1])
 def test_nli_is_supervised_simcse_through_the_sts_projection(layers):
-    heads = HeadSpec(pair_pooling="mean", hidden_layers=layers)
-    model, params, batches = build(("sts", "nli"), heads)
+    config = load_config(None, {"tasks": "sts,nli", "heads.pair_pooling": "mean", "heads.hidden_layers": layers,
+                                "losses.simcse_temperature": "0.05"})
+    assert config.heads == HeadsConfig(pair_pooling="mean", hidden_layers=layers)
+    model, params, batches = build(("sts", "nli"), config.heads)
     assert "nli" not in params and "pal_nli" not in params
     assert ("sts" in params) == bool(layers)
-    objective = Objective(simcse_temperature=0.05)
-    total, parts = task_loss_fns(model, batches, KEY, objective)["nli"](params)
+    total, parts = task_loss_fns(model, batches, KEY, config)["nli"](params)
     output, embeddings = model.apply({"params": params}, "nli", batches["nli"], deterministic=False,
                                      return_embeddings=True, rngs={"dropout": task_key(0)})
     assert output.shape == embeddings.shape == (12, 32)
@@ -278,16 +288,18 @@ def test_nli_is_supervised_simcse_through_the_sts_projection(layers):
     assert set(parts) == {"head"}
     np.testing.assert_allclose(total, expected, rtol=1e-4)
     if layers:  # the shared projection is trained by nli
-        grads = jax.grad(lambda p: task_loss_fns(model, batches, KEY, objective)["nli"](p)[0])(params)
+        grads = jax.grad(lambda p: task_loss_fns(model, batches, KEY, config)["nli"](p)[0])(params)
         assert np.abs(np.asarray(grads["sts"]["kernel"])).sum() > 0
 
 
 def test_tweet_trains_the_sst_head():
-    model, params, batches = build(("sst", "tweet"), HeadSpec(pal_size=8, pal_heads=2))
+    config = load_config(None, {"tasks": "sst,tweet", "heads.pal_size": "8", "heads.pal_heads": "2"})
+    assert config.heads == HeadsConfig(pal_size=8, pal_heads=2) and config.losses == load_config(None, {}).losses
+    model, params, batches = build(("sst", "tweet"), config.heads)
     assert "tweet" not in params and "pal_tweet" not in params and "pal_sst" in params
     np.testing.assert_allclose(model.apply({"params": params}, "tweet", batches["tweet"]),
                                model.apply({"params": params}, "sst", batches["tweet"]), rtol=1e-6)
-    fns = task_loss_fns(model, batches, KEY, Objective())
+    fns = task_loss_fns(model, batches, KEY, config)
     total, _ = fns["tweet"](params)
     logits = model.apply({"params": params}, "tweet", batches["tweet"], deterministic=False,
                          rngs={"dropout": task_key(1)})
@@ -295,7 +307,7 @@ def test_tweet_trains_the_sst_head():
     grads = jax.grad(lambda p: fns["tweet"](p)[0])(params)
     assert np.abs(np.asarray(grads["sst"]["kernel"])).sum() > 0
     # A tweet-only model still has the SST head it trains.
-    _, alone_params, _ = build(("tweet",), HeadSpec())
+    _, alone_params, _ = build(("tweet",), HeadsConfig())
     assert set(alone_params) == {"bert", "sst"}
 
 
@@ -370,13 +382,15 @@ def test_hub_sources_of_nli_and_tweet(monkeypatch):
 def test_load_task_data_skips_splits_a_task_lacks(tmp_path):
     (tmp_path / "nli-train.csv").write_text(NLI_HEADER + "\n0\tn0\ta\tb\tc\n")
     logs = []
-    out = load_task_data(["nli"], ["train", "dev", "test"], tmp_path, None, tiny_tokenizer(tmp_path),
-                         max_length=8, pair_encoding={}, log=logs.append)
+    overrides = {"tasks": "nli", "data.data_dir": str(tmp_path), "data.max_length": "8", "data.buckets": "8",
+                 "data.cache_dir": "none"}
+    out = load_task_data(load_config(None, overrides), tiny_tokenizer(tmp_path), ["train", "dev", "test"],
+                         logs.append)
     assert set(out["nli"]) == {"train"} and out["nli"]["train"].inputs["input_ids_c"].shape == (1, 8)
     assert sum("no dev split" in line or "no test split" in line for line in logs) == 2
-    with pytest.raises(ValueError, match="task 'nli' has no dev split"):
-        load_task_data(["nli"], ["train"], tmp_path, {"nli": {"dev": "x.csv"}}, tiny_tokenizer(tmp_path),
-                       max_length=8, pair_encoding={}, log=logs.append)
+    # A file for a split the task lacks is refused by the config rule (load_task_data checked it before).
+    with pytest.raises(ConfigError, match=re.escape("data.files.nli: the task has no dev split")):
+        load_config(None, {**overrides, "data.files": {"nli": {"dev": "x.csv"}}})
 
 
 def test_tweet_stays_out_of_the_summary_scores():
@@ -397,14 +411,14 @@ def test_tweet_stays_out_of_the_summary_scores():
     (["--hidden-layers=-1"], "heads.hidden_layers must be non-negative"),
     (["--heads.hidden_size=0"], "heads.hidden_size must be positive"),
     (["--heads.hidden_size=wide"], "heads.hidden_size: expected an integer"),
-    (["--cosine-scale=0"], "heads.cosine_scale must be positive"),
+    (["--heads.cosine_scale=0"], "heads.cosine_scale must be positive"),
     (["--losses.sts=cosine_embedding", "--sts-head=cosine_concat"],
      "losses.sts 'cosine_embedding' .* heads.sts_head 'cosine' or 'sigmoid_cosine', not 'bi' and 'cosine_concat'"),
-    (["--losses.sts=cosine_embedding", "--sts-encoding=cross", "--sts-head=linear"],
+    (["--losses.sts=cosine_embedding", "--heads.sts_encoding=cross", "--sts-head=linear"],
      "losses.sts 'cosine_embedding' .* needs heads.sts_encoding 'bi'"),
-    (["--cosine-embedding-threshold=6"], "losses.cosine_embedding_threshold must be on the 0-5"),
-    (["--cosine-embedding-margin=-2"], "losses.cosine_embedding_margin must be in"),
-    (["--simcse-tasks=sst,nli"], "losses.simcse_tasks cannot include nli"),
+    (["--losses.cosine_embedding_threshold=6"], "losses.cosine_embedding_threshold must be on the 0-5"),
+    (["--losses.cosine_embedding_margin=-2"], "losses.cosine_embedding_margin must be in"),
+    (["--losses.simcse_tasks=sst,nli"], "losses.simcse_tasks cannot include nli"),
     (["--tasks=sst,snli"], "must be a non-empty subset of sst, cfimdb, para, sts, nli, tweet"),
 ])
 def test_config_errors_name_the_key(argv, message):
@@ -414,7 +428,8 @@ def test_config_errors_name_the_key(argv, message):
 
 @pytest.mark.parametrize("text, message", [
     ("heads:\n  task_hidden_layers: {tweet: 1}\n", "heads.task_hidden_layers: 'tweet' is not a task with a head "
-                                                    "of its own \\(tweet trains the sst head"),
+                                                    "of its own \\(nli trains the sts head, tweet trains the sst "
+                                                    "head\\); known: sst, cfimdb, para, sts"),
     ("heads:\n  task_hidden_layers: {sts: -1}\n", "heads.task_hidden_layers.sts must be non-negative"),
     ("heads:\n  task_hidden_layers: {sts: one}\n", "heads.task_hidden_layers.sts: expected an integer"),
 ])
@@ -428,7 +443,7 @@ def test_task_hidden_layers_config_errors(tmp_path, text, message):
 def test_config_accepts_the_variants():
     config = load_config(None, parse_overrides([
         "--tasks=sst,sts,nli,tweet", "--hidden-layers=2", "--heads.hidden_size=64", "--activation=squared_relu",
-        "--sts-head=sigmoid_cosine", "--cosine-scale=20", "--losses.sts=cosine_embedding"]))
+        "--sts-head=sigmoid_cosine", "--heads.cosine_scale=20", "--losses.sts=cosine_embedding"]))
     assert (config.heads.hidden_layers, config.heads.hidden_size, config.heads.activation) == (2, 64, "squared_relu")
     assert config.losses.sts == "cosine_embedding" and config.losses.cosine_embedding_threshold == 2.5
     assert config.tasks == ["sst", "sts", "nli", "tweet"]
@@ -438,8 +453,9 @@ def test_config_accepts_the_variants():
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """test_training's fixture files plus NLI triplets and tweet sentiment, and a tiny BERT."""
+def nli_tweet_workspace(tmp_path_factory):
+    """Like conftest's `workspace` (a tiny BERT, the fixture files, here of 24 rows) plus NLI triplets and tweet
+    sentiment: `(bert, data, root)`, for conftest's `run_config`."""
     root = tmp_path_factory.mktemp("variants")
     data = write_fixture_data(root / "data", rows=24)
     rng = np.random.default_rng(1)
@@ -451,16 +467,10 @@ def workspace(tmp_path_factory):
     return tiny_checkpoint(root / "bert"), data, root
 
 
-def run_config(workspace, out, *extra):
-    bert, data, root = workspace
-    argv = [f"--checkpoint={bert}", f"--data-dir={data}", f"--out={out}", f"--cache-dir={root / 'cache'}",
-            "--batch-size=8", "--eval-batch-size=16", "--max-length=32", "--buckets=32", "--lr=1e-3", *extra]
-    return load_config(None, parse_overrides(argv))
-
-
-def test_train_with_nli_and_tweet(workspace):
+def test_train_with_nli_and_tweet(nli_tweet_workspace):
     from jaxbert.training import train_and_evaluate
 
+    workspace = nli_tweet_workspace
     _, _, root = workspace
     out = root / "four"
     logs = []
@@ -487,14 +497,14 @@ def test_train_with_nli_and_tweet(workspace):
 
 def test_classifier_activation_squares_the_relu_of_the_sentiment_logits():
     """Report 001's sentiment head: linear, then squared ReLU on its logits; other heads are untouched."""
-    model, params, batches = build(("sst", "para"), HeadSpec())
-    squared = model.clone(heads=HeadSpec(classifier_activation="squared_relu"))
+    model, params, batches = build(("sst", "para"), HeadsConfig())
+    squared = model.clone(heads=HeadsConfig(classifier_activation="squared_relu"))
     logits = np.asarray(model.apply({"params": params}, "sst", batches["sst"]), np.float64)
     np.testing.assert_allclose(squared.apply({"params": params}, "sst", batches["sst"]),
                                np.maximum(logits, 0) ** 2, rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(squared.apply({"params": params}, "para", batches["para"]),
                                   model.apply({"params": params}, "para", batches["para"]))
-    with pytest.raises(ValueError, match="classifier_activation 'softplus'"):
-        HeadSpec(classifier_activation="softplus")
-    with pytest.raises(ConfigError, match="heads.classifier_activation is 'softplus'"):
+    # The choice HeadSpec checked when built is the config's rule now.
+    with pytest.raises(ConfigError, match=re.escape("heads.classifier_activation is 'softplus'; allowed: none, "
+                                                    "relu, gelu, tanh, squared_relu")):
         load_config(None, parse_overrides(["--heads.classifier_activation=softplus"]))

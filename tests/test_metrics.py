@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from jaxbert.metrics import accuracy, mean_score, overall_score, pearson, summarize, task_metric
+from jaxbert.metrics import METRICS, accuracy, mean_score, overall_score, pearson, summarize, task_metric
+from jaxbert.tasks import TASKS
 
 
 def test_accuracy():
@@ -44,13 +45,21 @@ def test_scores():
 
 
 def test_task_metric():
-    assert task_metric("class", [1, 2, 3], [1, 2, 0]) == {"accuracy": pytest.approx(2 / 3)}
-    assert task_metric("binary", [1, 0], [1, 0]) == {"accuracy": 1.0}
+    # A softmax classifier (sst, tweet), a two-class classifier (cfimdb) and a binary one (para): accuracy.
+    for name in ("sst", "tweet"):
+        assert task_metric(TASKS[name], [1, 2, 3], [1, 2, 0]) == {"accuracy": pytest.approx(2 / 3)}
+    for name in ("cfimdb", "para"):
+        assert task_metric(TASKS[name], [1, 0], [1, 0]) == {"accuracy": 1.0}
     x = np.array([0.0, 1.0, 2.0, 4.0])
     y = np.array([0.5, 1.0, 3.0, 3.5])
-    assert task_metric("score", x, y) == {"pearson": pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-12)}
-    with pytest.raises(ValueError, match=r"kind.*class.*binary.*score"):
-        task_metric("regression", x, y)
+    assert task_metric(TASKS["sts"], x, y) == {"pearson": pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-12)}
+    assert {name: task.metric for name, task in TASKS.items()} == {
+        "sst": "accuracy", "cfimdb": "accuracy", "para": "accuracy", "sts": "pearson", "nli": None,
+        "tweet": "accuracy"}
+    assert set(METRICS) == {"accuracy", "pearson"}
+    # A task with nothing to score (nli's triplets) has no metric.
+    with pytest.raises(ValueError, match="task 'nli' \\(contrastive\\) has no metric"):
+        task_metric(TASKS["nli"], x, y)
 
 
 def test_summarize():

@@ -1,22 +1,25 @@
 """What each task's loss is made of in the step: ordinal / smoothed heads, contrastive views, SMART."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+from conftest import tiny_model
 from jaxbert import losses
-from jaxbert.heads import HeadSpec
-from jaxbert.smart import SmartConfig, adversarial_loss
-from jaxbert.train_step import Objective, create_train_state, initial_extra, make_train_step, task_loss_fns
-from test_train_step import tiny_setup
+from jaxbert.config import load_config
+from jaxbert.smart import adversarial_loss
+from jaxbert.train_step import create_train_state, initial_extra, seed_step, task_loss_fns
 
 KEY = jax.random.key(3)
 
 
-def losses_at(model, params, batches, objective, teacher=None):
-    fns = task_loss_fns(model, batches, KEY, objective, teacher)
+def losses_at(model, params, batches, config, teacher=None):
+    """Each task's `(loss, parts)` at `params` under `config`'s `losses` and `smart` sections."""
+    fns = task_loss_fns(model, batches, KEY, config, teacher)
     return {task: jax.jit(fn)(params) for task, fn in fns.items()}
 
 
@@ -26,8 +29,8 @@ def task_key(task_index):
 
 
 def test_plain_objective_is_the_head_loss():
-    model, params, batches = tiny_setup()
-    results = losses_at(model, params, batches, Objective())
+    model, params, batches = tiny_model()
+    results = losses_at(model, params, batches, load_config(None, {}))
     for i, task in enumerate(sorted(batches)):
         output = model.apply({"params": params}, task, batches[task], deterministic=False,
                              rngs={"dropout": task_key(i)})
@@ -38,13 +41,13 @@ def test_plain_objective_is_the_head_loss():
         np.testing.assert_allclose(total, expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("objective, formula", [
-    (Objective(sst_loss="ordinal", ordinal_alpha=1.5), lambda o, y: losses.ordinal_log_loss(o, y, 1.5)),
-    (Objective(label_smoothing=0.2), lambda o, y: losses.label_smoothed_cross_entropy(o, y, 0.2)),
+@pytest.mark.parametrize("overrides, formula", [
+    ({"losses.sst": "ordinal", "losses.ordinal_alpha": 1.5}, lambda o, y: losses.ordinal_log_loss(o, y, 1.5)),
+    ({"losses.label_smoothing": 0.2}, lambda o, y: losses.label_smoothed_cross_entropy(o, y, 0.2)),
 ])
-def test_sentiment_head_losses(objective, formula):
-    model, params, batches = tiny_setup()
-    total, parts = losses_at(model, params, batches, objective)["sst"]
+def test_sentiment_head_losses(overrides, formula):
+    model, params, batches = tiny_model()
+    total, parts = losses_at(model, params, batches, load_config(None, overrides))["sst"]
     output = model.apply({"params": params}, "sst", batches["sst"], deterministic=False, rngs={"dropout": task_key(1)})
     np.testing.assert_allclose(total, formula(output, batches["sst"]["labels"]), rtol=1e-6)
     assert set(parts) == {"head"}
@@ -52,9 +55,10 @@ def test_sentiment_head_losses(objective, formula):
 
 def test_contrastive_terms_use_two_dropout_views():
     """SupCon on sst and SimCSE on the bi-encoded sts pairs, computed from one call on each batch run twice."""
-    model, params, batches = tiny_setup(HeadSpec(pair_pooling="mean"))
-    objective = Objective(supcon_weight=0.5, simcse_weight=2.0, simcse_tasks=("sts",))
-    results = losses_at(model, params, batches, objective)
+    config = load_config(None, {"heads.pair_pooling": "mean", "losses.supcon_weight": 0.5,
+                                "losses.simcse_weight": 2.0, "losses.simcse_tasks": ["sts"]})
+    model, params, batches = tiny_model(config.heads)
+    results = losses_at(model, params, batches, config)
     assert set(results["sst"][1]) == {"head", "supcon"} and set(results["sts"][1]) == {"head", "simcse"}
     assert set(results["para"][1]) == {"head"}
 
@@ -80,10 +84,11 @@ def test_contrastive_terms_use_two_dropout_views():
 def test_smart_terms():
     """The adversarial term is SMART's on each task's output kind; the proximal term is zero against a teacher
     equal to the params and grows once they differ; the step moves the teacher by its EMA."""
-    model, params, batches = tiny_setup()
-    cfg = SmartConfig(weight=2.0, epsilon=1e-3, step_size=1e-2, noise_std=1e-3)
-    objective = Objective(smart=cfg)
-    results = losses_at(model, params, batches, objective, teacher=params)
+    model, params, batches = tiny_model()
+    config = load_config(None, {"smart.enabled": True, "smart.weight": 2.0, "smart.epsilon": 1e-3,
+                                "smart.step_size": 1e-2, "smart.noise_std": 1e-3})
+    cfg = config.smart
+    results = losses_at(model, params, batches, config, teacher=params)
     for i, task in enumerate(sorted(batches)):
         parts = results[task][1]
         assert set(parts) == {"head", "smart", "bregman"}
@@ -96,26 +101,27 @@ def test_smart_terms():
                                 "classification", smart_key, cfg)
     np.testing.assert_allclose(results["sst"][1]["smart"], 2.0 * expected, rtol=1e-3)
 
-    off = losses_at(model, params, batches, Objective(smart=SmartConfig(epsilon=0.0)), teacher=params)
+    off = losses_at(model, params, batches, load_config(None, {"smart.enabled": True, "smart.epsilon": 0.0}),
+                    teacher=params)
     assert all(abs(float(parts["smart"])) < 1e-9 for _, parts in off.values())  # δ = 0: equal up to fusion order
 
     tx = optax.sgd(0.1)
-    state = create_train_state(jax.tree.map(jnp.array, params), tx, initial_extra(params, 3, "none", objective))
-    new, metrics = jax.jit(make_train_step(model, tx, KEY, objective=objective))(state, batches)
+    state = create_train_state(jax.tree.map(jnp.array, params), tx, initial_extra(params, config))
+    new, metrics = jax.jit(partial(seed_step, base_key=KEY, model=model, tx=tx, config=config))(state, batches)
     assert {"loss/sst/smart", "loss/sst/bregman", "loss/sts/head"} <= set(metrics)
     expected_teacher = jax.tree.map(lambda t, p: 0.99 * t + 0.01 * p, params, new.params)
     for a, b in zip(jax.tree.leaves(new.extra["teacher"]), jax.tree.leaves(expected_teacher), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
-    later = losses_at(model, new.params, batches, objective, teacher=new.extra["teacher"])
+    later = losses_at(model, new.params, batches, config, teacher=new.extra["teacher"])
     assert float(later["sst"][1]["bregman"]) > 0
 
 
 def test_smart_tasks_limit_the_regularizer():
-    """`smart_tasks=("sst",)` (report 001): only sst gets the adversarial and proximal terms."""
-    model, params, batches = tiny_setup()
-    objective = Objective(smart=SmartConfig(epsilon=1e-3, noise_std=1e-3), smart_tasks=("sst",))
-    results = losses_at(model, params, batches, objective, teacher=params)
+    """`smart.tasks: [sst]` (report 001): only sst gets the adversarial and proximal terms."""
+    model, params, batches = tiny_model()
+    smart = {"smart.enabled": True, "smart.epsilon": 1e-3, "smart.noise_std": 1e-3}
+    results = losses_at(model, params, batches, load_config(None, {**smart, "smart.tasks": ["sst"]}), teacher=params)
     assert {task: set(parts) for task, (_, parts) in results.items()} == {
         "sst": {"head", "smart", "bregman"}, "para": {"head"}, "sts": {"head"}}
-    everywhere = losses_at(model, params, batches, Objective(smart=objective.smart), teacher=params)
+    everywhere = losses_at(model, params, batches, load_config(None, smart), teacher=params)
     np.testing.assert_allclose(results["sst"][1]["smart"], everywhere["sst"][1]["smart"], rtol=1e-6)

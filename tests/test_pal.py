@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 
 from conftest import TINY, random_batch
-from jaxbert.heads import HeadSpec, MultitaskBert
+from jaxbert import tasks as task_registry
+from jaxbert.config import ConfigError, HeadsConfig, load_config
+from jaxbert.heads import MultitaskBert
 from jaxbert.modeling import BertConfig
 
 CONFIG = BertConfig(**TINY)  # hidden 32, 2 layers, 4 heads
 TASKS = ("sst", "para", "sts")  # one sentence, a cross-encoded pair, a bi-encoded pair
-PAL = HeadSpec(pal_size=8, pal_heads=2)
-MODEL = MultitaskBert(CONFIG, TASKS, PAL)
+RUN_TASKS = tuple(task_registry.get(name) for name in TASKS)
+PAL = HeadsConfig(pal_size=8, pal_heads=2)
+MODEL = MultitaskBert(CONFIG, RUN_TASKS, PAL)
 
 
 def tiny_batches(seed=0):
@@ -32,7 +35,7 @@ def tiny_batches(seed=0):
 def init(model, batches, init_fn):
     params = {}
     for task in model.tasks:
-        params.update(init_fn(jax.random.key(0), task, batches[task])["params"])
+        params.update(init_fn(jax.random.key(0), task.name, batches[task.name])["params"])
     return params
 
 
@@ -60,7 +63,7 @@ def test_pals_are_top_level_task_keys_shared_across_layers():
     batches = tiny_batches()
     shapes_of = lambda model: jax.tree.map(np.shape, init(  # noqa: E731
         model, batches, lambda key, task, batch: jax.eval_shape(lambda k: model.init(k, task, batch), key)))
-    shapes, plain = shapes_of(MODEL), shapes_of(MultitaskBert(CONFIG, TASKS))
+    shapes, plain = shapes_of(MODEL), shapes_of(MultitaskBert(CONFIG, RUN_TASKS))
     assert set(plain) == {"bert", "sst", "para"}  # off by default: no PAL keys at all
     assert set(shapes) == set(plain) | {"pal_sst", "pal_para", "pal_sts"}
     assert shapes["bert"] == plain["bert"], "the encoder's own tree must not change (the converter maps it 1:1)"
@@ -77,7 +80,7 @@ def test_pals_are_top_level_task_keys_shared_across_layers():
 
 def test_zero_decoder_leaves_every_task_output_unchanged(setup):
     batches, params = setup
-    plain = MultitaskBert(CONFIG, TASKS)
+    plain = MultitaskBert(CONFIG, RUN_TASKS)
     plain_params = {k: v for k, v in params.items() if not k.startswith("pal_")}
     for task in TASKS:
         expected = plain.apply({"params": plain_params}, task, batches[task])
@@ -89,7 +92,7 @@ def test_decoder_gradient_is_nonzero_at_the_start(setup, freeze):
     """V^D = 0 blocks the gradient to V^E and the attention, but V^D's own is non-zero, so the branch learns; also
     with `freeze_encoder`, which must not cut the backward pass through the encoder that the PALs sit in."""
     batches, params = setup
-    model = MultitaskBert(CONFIG, TASKS, PAL, freeze_encoder=freeze)
+    model = MultitaskBert(CONFIG, RUN_TASKS, PAL, freeze_encoder=freeze)
     for task in ("sst", "para"):
         grads = task_grads(model, params, batches, task)[f"pal_{task}"]
         assert np.abs(np.asarray(grads["decoder"]["kernel"])).max() > 1e-6, task
@@ -152,7 +155,7 @@ def reference_encoder(bert, pal, h, mask):
 @pytest.mark.parametrize("function", ["attention", "identity"])
 def test_encoder_with_random_pals_matches_numpy_reference(setup, function):
     batches, params = setup
-    model = MODEL.clone(heads=HeadSpec(pal_size=8, pal_heads=2, pal_function=function))
+    model = MODEL.clone(heads=HeadsConfig(pal_size=8, pal_heads=2, pal_function=function))
     if function == "identity":  # V^E and V^D only: no attention of its own
         params = init(model, batches, model.init)
         assert set(params["pal_para"]) == {"encoder", "decoder"}
@@ -170,7 +173,7 @@ def test_encoder_with_random_pals_matches_numpy_reference(setup, function):
 
 def test_bfloat16_compute_is_finite(setup):
     batches, params = setup
-    model = MultitaskBert(CONFIG, TASKS, PAL, dtype=jnp.bfloat16)  # float32 weights, bfloat16 arithmetic
+    model = MultitaskBert(CONFIG, RUN_TASKS, PAL, dtype=jnp.bfloat16)  # float32 weights, bfloat16 arithmetic
 
     def loss(p):
         logits = model.apply({"params": p}, "sst", batches["sst"])
@@ -183,12 +186,13 @@ def test_bfloat16_compute_is_finite(setup):
 
 
 @pytest.mark.parametrize("size, heads, message", [
-    (10, 4, "pal_size 10 is neither 0"),
-    (-8, 2, "pal_size -8"),
-    (8, 0, "pal_heads must be positive"),
+    (10, 4, "heads.pal_size 10 is neither 0"),
+    (-8, 2, "heads.pal_size -8"),
+    (8, 0, "heads.pal_heads must be positive"),
 ])
 def test_bad_pal_shapes_are_rejected(size, heads, message):
-    with pytest.raises(ValueError, match=message):
-        HeadSpec(pal_size=size, pal_heads=heads)
-    with pytest.raises(ValueError, match="pal_function 'linear' is not one of attention, identity"):
-        HeadSpec(pal_size=8, pal_heads=2, pal_function="linear")
+    """The PAL shape rules live in the config (`heads` section)."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, {"heads.pal_size": size, "heads.pal_heads": heads})
+    with pytest.raises(ConfigError, match="heads.pal_function is 'linear'; allowed: attention, identity"):
+        load_config(None, {"heads.pal_size": 8, "heads.pal_heads": 2, "heads.pal_function": "linear"})

@@ -10,29 +10,20 @@ import numpy as np
 import pytest
 
 import train
-from jaxbert import checkpoint as checkpoint_lib
-from jaxbert.config import ConfigError, load_config, parse_overrides, to_dict
+from conftest import ARGS, assert_tree_close, killed_after_checkpoint, restore, run_config, staged_config
+from conftest import workspace  # noqa: F401 (fixture: the tiny BERT and fixture data)
+from jaxbert.config import ConfigError, load_config, parse_overrides, replace, to_dict
 from jaxbert.training import train_and_evaluate
-from test_stages import staged_config
-from test_training import ARGS, killed_after_checkpoint, run_config
-from test_training import workspace  # noqa: F401 (fixture: the tiny BERT and fixture data)
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
-EXTRA = ("--seed=3", "--checkpoint-every=2", "--sts-head=cosine_concat")  # an STS head with params to initialize
+EXTRA = ("--seed=3", "--train.checkpoint_every=2", "--sts-head=cosine_concat")  # an STS head with params to initialize
 SEEDS = (3, 4)
 # float32: the vmapped and the unbatched programs round differently. After 10 Adam steps the params differ by
 # < 1e-7 and the predictions by an ulp; the tiny model's STS scores all lie within ~3e-3 of each other, so an ulp
 # moves their Pearson correlation by up to ~1e-4 of itself (the accuracies are exactly equal).
 TOLERANCE = dict(rtol=1e-5, atol=1e-6)
 METRICS_RTOL = 1e-3
-
-
-def restore(folder, which="latest"):
-    store = checkpoint_lib.CheckpointStore(Path(folder) / "checkpoints")
-    state, progress = store.restore(None, which=which)
-    store.close()
-    return state, progress
 
 
 def dev_history(folder):
@@ -48,18 +39,13 @@ def flat(metrics, prefix=""):
     return {key: value for name, child in metrics.items() for key, value in flat(child, f"{prefix}/{name}").items()}
 
 
-def assert_trees_close(actual, expected, **tolerance):
-    for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
-        np.testing.assert_allclose(a, b, **tolerance)
-
-
 @pytest.fixture(scope="module")
 def vmapped(workspace):  # noqa: F811
     """Seeds 3 and 4 in one program, started through train.py's command line (bare `--seeds N --vmap-seeds`)."""
     bert, data, root = workspace
     out = root / "vmapped"
-    train.main([f"--checkpoint={bert}", f"--data-dir={data}", f"--out={out}", f"--cache-dir={root / 'cache'}", *ARGS,
-                *EXTRA, "--seeds", "2", "--vmap-seeds"])
+    train.main([f"--checkpoint={bert}", f"--data-dir={data}", f"--out={out}", f"--data.cache_dir={root / 'cache'}",
+                *ARGS, *EXTRA, "--seeds", "2", "--vmap-seeds"])
     return out
 
 
@@ -71,7 +57,7 @@ def test_vmapped_seeds_equal_separate_runs(workspace, vmapped):  # noqa: F811
     stacked, _ = restore(vmapped)
     assert stacked["params"]["sst"]["kernel"].shape[0] == 2  # the latest state, stacked over the seeds
     for k, seed in enumerate(SEEDS):
-        config = run_config(workspace, root / f"single{seed}", *EXTRA, f"--seed={seed}", "--data-seed=3")
+        config = run_config(workspace, root / f"single{seed}", *EXTRA, f"--seed={seed}", "--train.data_seed=3")
         folder = vmapped / f"seed{seed}"
         recorded = to_dict(load_config(folder / "config.yaml"))
         assert {**recorded, "out": None} == {**to_dict(config), "out": None}  # this very single-seed run
@@ -82,10 +68,12 @@ def test_vmapped_seeds_equal_separate_runs(workspace, vmapped):  # noqa: F811
         assert vmapped_results["best_epoch"] == single["best_epoch"]
         assert flat(vmapped_results["metrics"]) == pytest.approx(flat(single["metrics"]), rel=METRICS_RTOL)
         assert flat(dev_history(folder)) == pytest.approx(flat(dev_history(config.out)), rel=METRICS_RTOL)
-        single_latest, _ = restore(config.out)
-        assert_trees_close(jax.tree.map(lambda x: x[k], stacked["params"]), single_latest["params"], **TOLERANCE)
+        single_latest, _ = restore(config.out)  # stacked too, over its one seed
+        assert {x.shape[0] for x in jax.tree.leaves(single_latest["params"])} == {1}
+        assert_tree_close(jax.tree.map(lambda x: x[k], stacked["params"]),
+                          jax.tree.map(lambda x: x[0], single_latest["params"]), **TOLERANCE)
         (seed_best, progress), (single_best, single_progress) = restore(folder, "best"), restore(config.out, "best")
-        assert_trees_close(seed_best["params"], single_best["params"], **TOLERANCE)
+        assert_tree_close(seed_best["params"], single_best["params"], **TOLERANCE)
         assert progress["epoch"] == single_progress["epoch"] == vmapped_results["best_epoch"]
         for name in ("sst-dev", "sst-test", "para-dev", "sts-dev"):
             lines = [(folder / "predictions" / f"{name}-output.csv").read_text().splitlines(),
@@ -136,20 +124,20 @@ def test_vmapped_run_resumes_exactly(workspace, vmapped, monkeypatch):  # noqa: 
     assert (progress["epoch"], progress["step_in_epoch"], len(progress["seeds"])) == (0, 4, 2)
 
     logs = []
-    config.resume = True
+    config = replace(config, {"resume": True})
     resumed = train_and_evaluate(config, log=logs.append)
     assert any("resumed from step 4" in line for line in logs), logs
     for seed in SEEDS:
         full = json.loads((vmapped / f"seed{seed}" / "results.json").read_text())
         assert resumed[seed]["metrics"] == full["metrics"] and resumed[seed]["steps"] == full["steps"]
         assert dev_history(root / "cut" / f"seed{seed}") == dev_history(vmapped / f"seed{seed}")
-        assert_trees_close(restore(root / "cut" / f"seed{seed}", "best")[0],
+        assert_tree_close(restore(root / "cut" / f"seed{seed}", "best")[0],
                            restore(vmapped / f"seed{seed}", "best")[0], rtol=0, atol=0)
-    assert_trees_close(restore(root / "cut")[0], restore(vmapped)[0], rtol=0, atol=0)
+    assert_tree_close(restore(root / "cut")[0], restore(vmapped)[0], rtol=0, atol=0)
 
 
 def test_seed_flags_and_errors():
-    assert parse_overrides(["--seeds", "4", "--vmap-seeds", "--data-seed=7"]) == {
+    assert parse_overrides(["--seeds", "4", "--vmap-seeds", "--train.data_seed=7"]) == {
         "train.seeds": "4", "train.vmap_seeds": "true", "train.data_seed": "7"}
     config = load_config(None, parse_overrides(["--seeds=3", "--vmap-seeds"]))
     assert (config.train.seeds, config.train.vmap_seeds, config.train.data_seed) == (3, True, None)
@@ -165,7 +153,7 @@ def test_resume_with_another_seed_count_is_an_error(workspace, vmapped, tmp_path
     shutil.copytree(vmapped / "checkpoints", tmp_path / "checkpoints")
     for seeds, trains in (("--seeds=3", 3), ("--seeds=1", 1)):
         config = run_config(workspace, tmp_path, *EXTRA, seeds, "--vmap-seeds", "--resume")
-        with pytest.raises(ValueError, match=rf"checkpoints holds 2 seed\(s\), this run trains {trains} "):
+        with pytest.raises(ConfigError, match=rf"checkpoints holds 2 seed\(s\), this run trains {trains} "):
             train_and_evaluate(config, log=lambda _: None)
 
 
@@ -188,7 +176,7 @@ def test_vmapped_seeds_of_a_staged_run(workspace):  # noqa: F811
     by_seed = train_and_evaluate(staged_config(workspace, out, HEADS_THEN_STS, *EXTRA, "--seeds=2", "--vmap-seeds"),
                                  log=lambda _: None)
     single = train_and_evaluate(staged_config(workspace, root / "staged_single4", HEADS_THEN_STS, *EXTRA, "--seed=4",
-                                              "--data-seed=3"), log=lambda _: None)
+                                              "--train.data_seed=3"), log=lambda _: None)
     folder = out / "seed4"
     stages = [(r["epoch"], r["stage"], r["stage_name"], r["stage_epoch"], r["step"])
               for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())]
@@ -199,6 +187,6 @@ def test_vmapped_seeds_of_a_staged_run(workspace):  # noqa: F811
     close = dict(rel=METRICS_RTOL, abs=1e-4)
     assert flat(by_seed[4]["metrics"]) == pytest.approx(flat(single["metrics"]), **close)
     assert flat(dev_history(folder)) == pytest.approx(flat(dev_history(single["config"]["out"])), **close)
-    assert_trees_close(restore(folder, "best")[0]["params"], restore(single["config"]["out"], "best")[0]["params"],
+    assert_tree_close(restore(folder, "best")[0]["params"], restore(single["config"]["out"], "best")[0]["params"],
                        **TOLERANCE)
     assert by_seed[3]["metrics"] != by_seed[4]["metrics"]

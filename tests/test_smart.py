@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbert.smart import SmartConfig, adversarial_loss, bregman_loss, divergence, update_teacher
-from test_train_step import tiny_setup
+from conftest import tiny_model
+from jaxbert.config import ConfigError, SmartConfig, load_config
+from jaxbert.smart import adversarial_loss, bregman_loss, divergence, update_teacher
 
 SHAPE = (4, 3, 5)  # [sequences, seq, hidden]
 
@@ -156,7 +157,7 @@ def test_gradient_flows_through_both_outputs():
 
 
 def test_tiny_bert_in_bfloat16_is_finite_and_positive_with_a_finite_weighted_gradient():
-    model, params, batches = tiny_setup(tasks=("sst",))
+    model, params, batches = tiny_model(tasks=("sst",))
     model = model.clone(dtype=jnp.bfloat16)
     batch = {k: v for k, v in batches["sst"].items() if k != "labels"}
     # A bfloat16 embedding of magnitude ~1 cannot represent a change of the paper's ε = 1e-5, so this uses 1e-2.
@@ -197,13 +198,19 @@ def test_update_teacher_against_numpy():
 
 @pytest.mark.parametrize("field, value", [
     ("weight", -1.0), ("noise_std", float("nan")), ("step_size", -1e-3), ("epsilon", float("inf")),
-    ("epsilon", "1e-5"), ("steps", -1), ("steps", 1.5), ("samples", 0), ("samples", 2.0), ("ascent", "sign"), ("norm", "l1"), ("bregman_weight", -0.5),
-    ("teacher_momentum", 1.5), ("teacher_momentum", -0.1),
+    ("epsilon", "small"), ("epsilon", True), ("steps", -1), ("steps", 1.5), ("samples", 0), ("samples", 2.0),
+    ("ascent", "sign"), ("norm", "l1"), ("bregman_weight", -0.5), ("teacher_momentum", 1.5),
+    ("teacher_momentum", -0.1),
 ])
 def test_config_errors_name_the_field(field, value):
-    with pytest.raises(ValueError, match=f"SmartConfig.{field} "):
-        SmartConfig(**{field: value})
-    assert SmartConfig(epsilon=0, steps=3, norm="l2", teacher_momentum=1.0).steps == 3
+    """The `smart` section's rules live in the config: a bad value is a ConfigError that starts with its key."""
+    with pytest.raises(ConfigError, match=rf"^smart\.{field}[ :]"):
+        load_config(None, {f"smart.{field}": value})
+    config = load_config(None, {"smart.epsilon": 0, "smart.steps": 3, "smart.norm": "l2",
+                                "smart.teacher_momentum": 1.0})
+    assert config.smart.steps == 3 and config.smart.epsilon == 0.0
+    # A number spelled as text (the command line's, or YAML's `1e-5`, which it reads as a string) is a number.
+    assert load_config(None, {"smart.epsilon": "1e-5"}).smart.epsilon == 1e-5
 
 
 @pytest.mark.parametrize("norm", ["inf", "l2"])

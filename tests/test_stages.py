@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import killed_after_checkpoint, restore, run_config, staged_config, workspace  # noqa: F401 (fixture)
+from jaxbert import build
 from jaxbert import checkpoint as checkpoint_lib
 from jaxbert import training
-from test_training import killed_after_checkpoint, latest_params, run_config, workspace  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
@@ -27,13 +28,7 @@ stages:
     loss_combination: balanced
     epochs: 2
 """
-CHECKPOINT_EVERY = "--checkpoint-every=2"
-
-
-def staged_config(workspace, out, stages_yaml, *extra):
-    path = Path(f"{out}.yaml")
-    path.write_text(stages_yaml)
-    return run_config(workspace, out, *extra, config_file=path)
+CHECKPOINT_EVERY = "--train.checkpoint_every=2"
 
 
 def host(tree):
@@ -57,20 +52,21 @@ def records(out):
 
 
 def traced_run(config, monkeypatch):
-    """Runs `config`, recording the params every stage starts from and those of every checkpoint saved."""
+    """Runs `config`, recording the params every stage starts from and those of every checkpoint saved (the
+    latest's, stacked over the seed axis like the starts')."""
     starts, saves = [], []
-    real_create, real_save = training.create_train_state, checkpoint_lib.CheckpointStore.save
+    real_create, real_save = build.train_state, checkpoint_lib.CheckpointStore.save
 
-    def create(params, tx, extra=None):
+    def create(params, tx, config):
         starts.append(host(params))  # copied now: the step donates these buffers
-        return real_create(params, tx, extra)
+        return real_create(params, tx, config)
 
     def save(self, state, progress, best=False):
         saves.append((dict(progress), host(state["params"])))
         real_save(self, state, progress, best)
 
     with monkeypatch.context() as patch:
-        patch.setattr(training, "create_train_state", create)
+        patch.setattr(build, "train_state", create)
         patch.setattr(checkpoint_lib.CheckpointStore, "save", save)
         results = training.train_and_evaluate(config, log=lambda _: None)
     return results, starts, saves
@@ -87,8 +83,9 @@ def frozen_then_full(workspace):
 
 def test_frozen_stage_then_full_stage(workspace, frozen_then_full):
     config, results, starts, saves = frozen_then_full
-    _, initial, _ = training.build_model(config, lambda _: None)
-    initial = host(initial)
+    encoder = build.load_encoder(config, lambda _: None)
+    initial = host(build.initial_params(build.model(config, encoder.config), encoder.params, [config.train.seed]))
+    assert {x.shape[0] for x in jax.tree.leaves(initial)} == {1}  # one seed, stacked
     # Saves: heads at steps 2, 4 and its epoch end (5); full at 2 and the end (4) of each of its 2 epochs.
     assert [(p["stage"], p["epoch"], p["step_in_epoch"]) for p, _ in saves] == [
         (0, 0, 2), (0, 0, 4), (0, 1, 0), (1, 0, 2), (1, 1, 0), (1, 1, 2), (1, 2, 0)]
@@ -118,8 +115,8 @@ def test_first_stage_is_the_plain_run(workspace, frozen_then_full):
     out = root / "plain_heads"
     training.train_and_evaluate(run_config(workspace, out, "--freeze-encoder", "--lr=1e-2", "--epochs=1",
                                            CHECKPOINT_EVERY), log=lambda _: None)
-    params, _ = latest_params(out)
-    assert_same(host(params), saves[2][1])
+    state, _ = restore(out)
+    assert_same(host(state["params"]), saves[2][1])
     assert [r["dev"] for r in records(out)] == [records(config.out)[0]["dev"]]
 
 
@@ -134,7 +131,7 @@ def test_interrupted_staged_run_resumes_exactly(workspace, frozen_then_full, mon
     with killed_after_checkpoint(monkeypatch, cut):
         training.train_and_evaluate(staged_config(workspace, out, FROZEN_THEN_FULL, CHECKPOINT_EVERY),
                                     log=lambda _: None)
-    _, progress = latest_params(out)
+    _, progress = restore(out)
     assert (progress["stage"], progress["epoch"], progress["step_in_epoch"]) == where
 
     logs = []
@@ -144,8 +141,8 @@ def test_interrupted_staged_run_resumes_exactly(workspace, frozen_then_full, mon
     assert resumed["steps"] == full["steps"] and resumed["metrics"] == full["metrics"]
     assert resumed["best_epoch"] == full["best_epoch"]
     assert records(out) == records(config.out)
-    (a, _), (b, _) = latest_params(config.out), latest_params(out)
-    assert_same(host(a), host(b))
+    (a, _), (b, _) = restore(config.out), restore(out)
+    assert_same(host(a["params"]), host(b["params"]))
 
 
 CYCLES = """\
@@ -161,7 +158,8 @@ stages:
 
 def test_stage_cycles_repeat_the_stages(workspace, monkeypatch):
     _, _, root = workspace
-    config = staged_config(workspace, root / "cycles", CYCLES, "--stage-cycles=2", "--weight-decay=0.1")
+    config = staged_config(workspace, root / "cycles", CYCLES, "--train.stage_cycles=2",
+                            "--train.weight_decay=0.1")
     stages = training.run_stages(config)
     assert [(s.index, s.name, s.config.tasks) for s in stages] == [
         (0, "joint", ["sst", "para", "sts"]), (1, "sts", ["sts"]), (2, "joint", ["sst", "para", "sts"]),

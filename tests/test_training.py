@@ -1,49 +1,36 @@
 """End to end: `train.py` on a tiny random BERT and fixture data, and an interrupted run resumed exactly."""
 
-import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_checkpoint, write_fixture_data
-from jaxbert import checkpoint as checkpoint_lib, training
-from jaxbert.config import load_config
+from conftest import ARGS, killed_after_checkpoint, restore, run_config, workspace  # noqa: F401 (fixture)
+from jaxbert import build, checkpoint as checkpoint_lib
+from jaxbert.config import ConfigError, load_config, replace
 from jaxbert.training import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("compilation_cache")
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    return tiny_checkpoint(root / "bert"), write_fixture_data(root / "data"), root
 
 
-ARGS = ["--epochs=2", "--batch-size=8", "--eval-batch-size=16", "--max-length=32", "--buckets=32",
-        "--lr=1e-3", "--log-every=1"]
-
-
-def run_config(workspace, out, *extra, config_file=None):
-    from jaxbert.config import parse_overrides
-
-    bert, data, root = workspace
-    argv = [f"--checkpoint={bert}", f"--data-dir={data}", f"--out={out}", f"--cache-dir={root / 'cache'}", *ARGS,
-            *extra]
-    return load_config(config_file, parse_overrides(argv))
+def train_py(*argv):
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *map(str, argv)], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def test_train_py_end_to_end(workspace):
     bert, data, root = workspace
     out = root / "cli"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), f"--checkpoint={bert}", f"--data-dir={data}", f"--out={out}",
-         f"--cache-dir={root / 'cache'}", "--sampler=roundrobin", *ARGS],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = train_py(f"--checkpoint={bert}", f"--data-dir={data}", f"--out={out}",
+                      f"--data.cache_dir={root / 'cache'}", "--sampler=roundrobin", *ARGS)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     dev = results["metrics"]["dev"]
@@ -72,43 +59,16 @@ def test_single_task_cfimdb(workspace):
     assert {line.split(" , ")[1].strip() for line in predictions} <= {"0", "1"}
 
 
-class Interrupted(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def killed_after_checkpoint(monkeypatch, n: int):
-    """Runs the block as a run killed right after writing its `n`-th checkpoint; checkpoints work again after."""
-    real_save, calls = checkpoint_lib.CheckpointStore.save, []
-
-    def save_then_die(self, *args, **kwargs):
-        real_save(self, *args, **kwargs)
-        calls.append(1)
-        if len(calls) == n:
-            raise Interrupted
-
-    monkeypatch.setattr(checkpoint_lib.CheckpointStore, "save", save_then_die)
-    with pytest.raises(Interrupted):
-        yield
-    monkeypatch.setattr(checkpoint_lib.CheckpointStore, "save", real_save)
-
-
-def latest_params(out):
-    store = checkpoint_lib.CheckpointStore(Path(out) / "checkpoints")
-    state, progress = store.restore(None)
-    store.close()
-    return state["params"], progress
-
-
 def test_interrupted_run_resumes_exactly(workspace, monkeypatch):
     _, _, root = workspace
-    extra = ("--checkpoint-every=2", "--sampler=annealed", "--steps-per-epoch=6", "--loss-combination=balanced")
+    extra = ("--train.checkpoint_every=2", "--sampler=annealed", "--train.steps_per_epoch=6",
+             "--train.loss_combination=balanced")
     full = train_and_evaluate(run_config(workspace, root / "full", *extra), log=lambda _: None)
 
     with killed_after_checkpoint(monkeypatch, 2):  # mid-way through the first epoch
         train_and_evaluate(run_config(workspace, root / "cut", *extra), log=lambda _: None)
-    _, progress = latest_params(root / "cut")
-    assert (progress["epoch"], progress["step_in_epoch"]) == (0, 4)
+    _, progress = restore(root / "cut")
+    assert (progress["epoch"], progress["step_in_epoch"], len(progress["seeds"])) == (0, 4, 1)
 
     logs = []
     resumed = train_and_evaluate(run_config(workspace, root / "cut", *extra, "--resume"), log=logs.append)
@@ -117,8 +77,10 @@ def test_interrupted_run_resumes_exactly(workspace, monkeypatch):
     assert resumed["metrics"] == full["metrics"]
     dev = lambda out: [json.loads(line)["dev"] for line in (out / "metrics.jsonl").read_text().splitlines()]  # noqa
     assert dev(root / "cut") == dev(root / "full")
-    (a, _), (b, _) = latest_params(root / "full"), latest_params(root / "cut")
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    (a, _), (b, _) = restore(root / "full"), restore(root / "cut")
+    assert jax.tree.structure(a["params"]) == jax.tree.structure(b["params"])
+    for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
+        assert x.shape[0] == 1  # the latest state, stacked over the one seed
         np.testing.assert_array_equal(x, y)
 
 
@@ -129,8 +91,7 @@ def test_bad_data_errors_name_the_file(workspace, tmp_path):
     for f in data.iterdir():
         (broken / f.name).write_text(f.read_text())
     (broken / "sts-dev.csv").write_text("\tid\tsentence1\tsentence2\n0\tx\ta b\tc d\n")
-    config = run_config(workspace, tmp_path / "out")
-    config.data.data_dir = str(broken)
+    config = replace(run_config(workspace, tmp_path / "out"), {"data.data_dir": str(broken)})
     with pytest.raises(ValueError, match=r"sts-dev\.csv.*similarity"):
         train_and_evaluate(config, log=lambda _: None)
 
@@ -145,7 +106,7 @@ def test_accumulation_and_remat_train_the_same_model(workspace):
         run_config(workspace, root / "micro", *no_dropout, "--accumulation-steps=2", "--remat"), log=lambda _: None)
     assert accumulated["config"]["train"]["accumulation_steps"] == 2 and accumulated["config"]["model"]["remat"]
     assert accumulated["steps"] == plain["steps"] == 40 // 8
-    (a, _), (b, _) = latest_params(root / "whole"), latest_params(root / "micro")
+    a, b = restore(root / "whole")[0]["params"], restore(root / "micro")[0]["params"]
     worst = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
                 zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
     print("largest parameter difference", worst)
@@ -154,14 +115,41 @@ def test_accumulation_and_remat_train_the_same_model(workspace):
 
 @pytest.mark.parametrize("extra, updates_per_step", [
     ((), 1), (("--train.updates=per_task",), 3), (("--train.surgery=pcgrad_two_updates",), 2),
-    (("--train.updates=per_task", "--sampler=annealed", "--steps-per-epoch=5"), 1),  # one task per step
+    (("--train.updates=per_task", "--sampler=annealed", "--train.steps_per_epoch=5"), 1),  # one task per step
 ])
 def test_schedule_is_laid_out_over_optimizer_updates(workspace, monkeypatch, tmp_path, extra, updates_per_step):
     """A linear schedule reaches zero at the run's last optimizer update, however many updates a step makes."""
     laid_out = []
-    real = training.make_optimizer
-    monkeypatch.setattr(training, "make_optimizer", lambda lr, total, **kw: laid_out.append(total) or real(
+    real = build.make_optimizer
+    monkeypatch.setattr(build, "make_optimizer", lambda lr, total, **kw: laid_out.append(total) or real(
         lr, total, **kw))
     result = train_and_evaluate(run_config(workspace, tmp_path / "out", "--epochs=1",
-                                           "--schedule=linear", *extra), log=lambda _: None)
+                                           "--train.schedule=linear", *extra), log=lambda _: None)
     assert result["steps"] == 5 and laid_out == [5 * updates_per_step]
+
+
+def test_resuming_an_old_format_checkpoint_is_refused(workspace, tmp_path):
+    """A checkpoint of the layout before the seed axis (an unstacked state, progress without "seeds") is not
+    resumed: --resume says an older jaxbert wrote it."""
+    out = tmp_path / "old"
+    store = checkpoint_lib.CheckpointStore(out / "checkpoints")
+    old_state = {"step": jnp.asarray(4, jnp.int32), "params": {"sst": {"kernel": jnp.zeros((8, 5)),
+                                                                         "bias": jnp.zeros(5)}}}
+    store.save(old_state, {"stage": 0, "epoch": 0, "step_in_epoch": 4, "best_score": -math.inf, "history": [],
+                           "score": -math.inf})
+    store.close()
+    assert "seeds" not in restore(out)[1]
+    with pytest.raises(ConfigError, match=r"--resume: the checkpoint in .*checkpoints was written by an older "
+                                          r"jaxbert"):
+        train_and_evaluate(run_config(workspace, out, "--resume"), log=lambda _: None)
+    assert not (out / "metrics.jsonl").exists() and not (out / "results.json").exists()
+
+
+def test_train_py_config_error_is_one_line(workspace, tmp_path):
+    """A bad option ends train.py with its reason on one line, no traceback, before any training."""
+    bert, data, root = workspace
+    out = tmp_path / "bad"
+    result = train_py(f"--checkpoint={bert}", f"--data-dir={data}", f"--out={out}", *ARGS, "--train.epochs=0")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == ["train.py: error: train.epochs must be at least 1, got 0"]
+    assert not out.exists()

@@ -8,7 +8,6 @@ dropout off. At every step each task's loss agrees within 1e-5 relative; at the 
 within 1e-4 of its scale (its largest magnitude).
 """
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -17,14 +16,13 @@ import numpy as np
 import pytest
 
 from conftest import tiny_checkpoint, write_fixture_data
+from jaxbert import build
 from jaxbert import data as data_lib
 from jaxbert.config import load_config
-from jaxbert.convert import load_pretrained, params_to_hf_state
-from jaxbert.optim import make_optimizer
+from jaxbert.convert import params_to_hf_state
 from jaxbert.tokenization import BertTokenizer
-from jaxbert.train_step import (create_train_state, data_mesh, initial_extra, jit_train_step, make_train_step,
-                                replicate, shard_batch, updates_per_step)
-from jaxbert.training import build_model, dropout_base_key, objective_from_config, plan_for, step_batches
+from jaxbert.train_step import data_mesh, replicate, shard_batch, step_keys, updates_per_step
+from jaxbert.training import plan_for, step_batches
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -80,39 +78,32 @@ def parity_config(checkpoint, data_dir, variant, lr, batch_size, base=None):
 
 
 def jax_run(config):
-    """jaxbert's step over the first epoch's plan: the initial params, the host batches, each step's task
-    losses, each step's PCGrad visiting orders and the final params."""
-    t = config.train
-    model, params, vocab = build_model(config, log=lambda _: None)
-    initial = jax.device_get(params)
-    tokenizer = BertTokenizer(vocab)
-    data = data_lib.load_task_data(config.tasks, ["train"], config.data.data_dir, {}, tokenizer,
-                                   max_length=config.data.max_length, cache_dir=None, log=lambda _: None,
-                                   pair_encoding={"para": config.heads.para_encoding,
-                                                  "sts": config.heads.sts_encoding})
+    """jaxbert's jitted step, built as the trainer builds it, over the first epoch's plan: the initial params
+    (one seed), the host batches, each step's task losses and PCGrad visiting orders, and the final params."""
+    encoder, mesh = build.load_encoder(config, log=lambda _: None), data_mesh()
+    model = build.model(config, encoder.config)
+    params = build.initial_params(model, encoder.params, [config.train.seed])
+    data = data_lib.load_task_data(config, BertTokenizer(encoder.vocab), ["train"], log=lambda _: None)
     train = {task: splits["train"] for task, splits in data.items()}
     plan = plan_for(config, train, 0)
-    tx = make_optimizer(t.lr, len(plan) * updates_per_step(t.surgery, t.updates, len(config.tasks)),
-                        weight_decay=t.weight_decay, eps=t.eps)
-    mesh, objective, base_key = data_mesh(), objective_from_config(config), dropout_base_key(t.seed)
-    step = jit_train_step(make_train_step(model, tx, base_key, t.loss_combination, t.loss_weights, t.surgery,
-                                          objective, accumulation_steps=t.accumulation_steps, updates=t.updates), mesh)
-    state = replicate(create_train_state(params, tx, initial_extra(params, len(config.tasks), t.surgery, objective)),
-                      mesh)
+    tx = build.optimizer(config, params, len(plan) * updates_per_step(config.train, len(config.tasks)))
+    step = build.train_step(model, tx, config, [config.train.seed], mesh)
+    initial = jax.device_get(jax.tree.map(lambda x: x[0], params))
+    state = replicate(build.train_state(params, tx, config), mesh)
     batches, losses, orders = [], [], []
     for k, indices in enumerate(plan):
         host = step_batches(train, indices, config.data.buckets)
         state, metrics = step(state, shard_batch(host, mesh))
         batches.append(host)
-        losses.append({task: float(metrics[f"loss/{task}"]) for task in host})
-        orders.append(pcgrad_orders(base_key, k, len(host)))
-    return initial, batches, losses, orders, jax.device_get(state.params)
+        losses.append({task: float(metrics[f"loss/{task}"][0]) for task in host})
+        orders.append(pcgrad_orders(build.base_keys([config.train.seed])[0], k, len(host)))
+    return initial, batches, losses, orders, jax.device_get(jax.tree.map(lambda x: x[0], state.params)), encoder.config
 
 
 def pcgrad_orders(base_key, step, num_tasks):
-    """Task i's PCGrad visiting order at `step`: `permutation(fold_in(surgery_key, i), T)`, the surgery key being
-    `fold_in(fold_in(base_key, step), T)`, as `jaxbert.train_step` documents."""
-    surgery_key = jax.random.fold_in(jax.random.fold_in(base_key, step), num_tasks)
+    """Task i's PCGrad visiting order at `step`: `permutation(fold_in(surgery_key, i), T)`, as
+    `jaxbert.gradients.pcgrad` documents, the surgery key being the step's (`train_step.step_keys`)."""
+    _, surgery_key = step_keys(base_key, step, num_tasks)
     return [np.asarray(jax.random.permutation(jax.random.fold_in(surgery_key, i), num_tasks)).tolist()
             for i in range(num_tasks)]
 
@@ -144,7 +135,7 @@ def as_torch_names(params, bert_config):
 
 def check_parity(config, label):
     t = config.train
-    initial, batches, jax_losses, orders, final = jax_run(config)
+    initial, batches, jax_losses, orders, final, bert_config = jax_run(config)
     model = torch_model(config, initial)
     optimizer = torch_reference.course_adamw(model, t.lr, t.weight_decay, t.eps)
     worst_loss = 0.0
@@ -155,7 +146,6 @@ def check_parity(config, label):
             error = abs(jax_losses[k][task] - expected) / abs(expected)
             worst_loss = max(worst_loss, error)
             assert error < LOSS_RTOL, f"{label}: step {k} {task} loss {jax_losses[k][task]} vs torch {expected}"
-    bert_config, _ = load_pretrained(config.model.checkpoint, lambda _: None)
     ours, start = as_torch_names(final, bert_config), as_torch_names(initial, bert_config)
     theirs = {name: p.detach().numpy() for name, p in model.named_parameters()}
     assert set(ours) == set(theirs)

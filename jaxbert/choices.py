@@ -1,0 +1,26 @@
+"""The names a config may choose from, in one place that the config and the code implementing them both read.
+
+Plain constants (no imports), so `jaxbert.config` can check a choice without importing what implements it.
+Each tuple's first entry is the default where the config has one.
+"""
+
+DTYPES = ("float32", "bfloat16")
+ATTENTION_KERNELS = ("auto", "xla", "cudnn")  # `jaxbert.modeling.Execution`
+POOLINGS = ("cls", "pooler", "mean", "max")
+PAIR_ENCODINGS = ("cross", "bi")  # how a sentence pair reaches the encoder: together, or each sentence alone
+ENCODINGS = ("single", "cross", "bi", "triplet")
+STS_HEADS = ("cosine", "sigmoid_cosine", "cosine_concat", "linear")
+COSINE_HEADS = ("cosine", "sigmoid_cosine")  # the STS heads that score a pair by a cosine
+HEAD_ACTIVATIONS = ("relu", "gelu", "tanh", "squared_relu")
+PAL_FUNCTIONS = ("attention", "identity")  # g of a PAL's TS(h) = V^D g(V^E h)
+DATA_SOURCES = ("local", "hf")
+SAMPLERS = ("roundrobin", "sequential", "proportional", "annealed")
+EPOCH_LENGTHS = ("min", "max", "steps")
+LOSS_COMBINATIONS = ("sum", "mean", "weights", "balanced")
+SCHEDULES = ("constant", "linear")
+UPDATES = ("joint", "per_task")
+SURGERIES = ("none", "pcgrad", "pcgrad_two_updates", "gradvac", "cagrad", "mgda", "imtl_g")
+CLASSIFICATION_LOSSES = ("ce", "ordinal")  # `losses.sst`: the loss of every softmax classification head
+STS_LOSSES = ("mse", "cosine_embedding")
+SMART_NORMS = ("inf", "l2")
+SMART_ASCENTS = ("projected", "normalized")
