@@ -1,4 +1,4 @@
-"""Multitask fine-tuning of BERT on SST-5, Quora and STS.
+"""Multitask fine-tuning of BERT on SST-5, Quora and STS, and tasks of your own (`task_defs:` in a config).
 
     python train.py --sampler=roundrobin
     python train.py --config configs/cosine_heads.yaml --lr=3e-5 --out runs/cosine
@@ -13,7 +13,8 @@ Any config field can be set as --section.key=value (--train.lr=3e-5); the short 
 
 import sys
 
-from jaxbert.config import ConfigError, load_config, parse_overrides
+from jaxbert.config import load_config, parse_overrides
+from jaxbert.errors import UserError
 
 
 def main(argv=None):
@@ -32,7 +33,7 @@ def main(argv=None):
         from jaxbert.training import train_and_evaluate  # JAX loads once the config is known to be good
 
         train_and_evaluate(config)
-    except ConfigError as e:
+    except UserError as e:  # a bad config, a missing checkpoint or data file, no network: the message says the fix
         sys.exit(f"train.py: error: {e}")
 
 

@@ -21,6 +21,7 @@ from jax.sharding import Mesh
 from jaxbert import train_step as step_lib
 from jaxbert.config import Config
 from jaxbert.convert import PARAMS_DIR, load_pretrained, resolve_hf_folder
+from jaxbert.errors import MissingFileError, OfflineError
 from jaxbert.heads import MultitaskBert
 from jaxbert.modeling import BertConfig, Execution
 from jaxbert.optim import make_optimizer
@@ -37,7 +38,16 @@ class Encoder:
 
 
 def load_encoder(config: Config, log: Callable[[str], None] = print) -> Encoder:
-    bert_config, params = load_pretrained(config.model.checkpoint, log)
+    """The encoder of `model.checkpoint`: a converted folder, a Hugging Face folder or a Hub id.
+
+    Raises:
+      MissingFileError: it is none of those (or the Hub cannot be reached), saying how to make the folder.
+    """
+    try:
+        bert_config, params = load_pretrained(config.model.checkpoint, log)
+    except (MissingFileError, OfflineError) as e:
+        raise MissingFileError(f"model.checkpoint {config.model.checkpoint!r}: {e}. Run `python convert_weights.py` "
+                               "(it writes checkpoints/bert-base-uncased), or pass --checkpoint DIR") from None
     overrides = {"hidden_dropout_prob": config.model.hidden_dropout,
                  "attention_probs_dropout_prob": config.model.attention_dropout}
     bert_config = dataclasses.replace(bert_config, **{k: v for k, v in overrides.items() if v is not None})

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxbert.errors import CheckpointError
+
 
 def _item_handlers() -> dict[str, Any]:
     # Named up front, so a fresh store reads a checkpoint's metadata before it has saved anything.
@@ -24,7 +26,7 @@ class CheckpointStore:
     """`latest/` keeps the newest checkpoint, `best/` the one with the highest `progress["score"]`."""
 
     def __init__(self, directory: str | Path):
-        directory = Path(directory).absolute()
+        directory = self.directory = Path(directory).absolute()
         # Synchronous saves: a checkpoint reported saved is on disk if the process dies the next moment.
         self.latest = ocp.CheckpointManager(
             directory / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False),
@@ -70,6 +72,29 @@ class CheckpointStore:
             progress=ocp.args.JsonRestore()))
         return restored["state"], restored["progress"]
 
+    def shapes(self, which: str = "latest", part: str = "params") -> dict[str, tuple[int, ...]] | None:
+        """`{"bert/embeddings/...": shape}` of `part` of the newest checkpoint in `which`, read from its metadata
+        alone; None if there is none."""
+        manager = self._manager(which)
+        step = manager.latest_step()
+        if step is None:
+            return None
+        return _shapes(manager.item_metadata(step)["state"].tree[part])
+
+    def check_fits(self, abstract: Any, which: str = "latest", part: str = "params") -> None:
+        """Raises `CheckpointError` unless `part` of the newest checkpoint in `which` has exactly the leaves and
+        shapes of `abstract` (a partial restore would fill a missing leaf silently)."""
+        saved, wanted = self.shapes(which, part), _shapes(abstract)
+        if saved is None or saved == wanted:
+            return
+        missing, unexpected = sorted(wanted.keys() - saved.keys()), sorted(saved.keys() - wanted.keys())
+        reshaped = [f"{k} {saved[k]} (the model's {wanted[k]})" for k in sorted(saved.keys() & wanted.keys())
+                    if saved[k] != wanted[k]]
+        details = "; ".join(f"{label}: {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"
+                            for label, items in (("not in the checkpoint", missing), ("only in the checkpoint",
+                                                 unexpected), ("other shapes", reshaped)) if items)
+        raise CheckpointError(f"{self.directory / which} holds another model than the config describes ({details})")
+
     def progress(self, which: str = "latest") -> dict[str, Any] | None:
         """The `progress` record of the newest checkpoint in `which` alone, or None if there is none."""
         manager = self._manager(which)
@@ -86,6 +111,11 @@ class CheckpointStore:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _step(state: Any) -> int:

@@ -9,11 +9,12 @@ ATTENTION_KERNELS = ("auto", "xla", "cudnn")  # `jaxbert.modeling.Execution`
 POOLINGS = ("cls", "pooler", "mean", "max")
 PAIR_ENCODINGS = ("cross", "bi")  # how a sentence pair reaches the encoder: together, or each sentence alone
 ENCODINGS = ("single", "cross", "bi", "triplet")
+TASK_KINDS = ("classification", "regression")  # what a config's `task_defs` may define
 STS_HEADS = ("cosine", "sigmoid_cosine", "cosine_concat", "linear")
 COSINE_HEADS = ("cosine", "sigmoid_cosine")  # the STS heads that score a pair by a cosine
 HEAD_ACTIVATIONS = ("relu", "gelu", "tanh", "squared_relu")
 PAL_FUNCTIONS = ("attention", "identity")  # g of a PAL's TS(h) = V^D g(V^E h)
-DATA_SOURCES = ("local", "hf")
+DATA_SOURCES = ("auto", "local", "hf")  # auto: a task's local files when its train file is there, else its Hub source
 SAMPLERS = ("roundrobin", "sequential", "proportional", "annealed")
 EPOCH_LENGTHS = ("min", "max", "steps")
 LOSS_COMBINATIONS = ("sum", "mean", "weights", "balanced")

@@ -6,7 +6,8 @@ Its sections are the specs the library takes (`MultitaskBert` reads `HeadsConfig
 task registry and the choice lists. An unknown key or a value of the wrong type is an error naming it with its
 path (`stages[1].lr`). On the command line a field is `--section.key=value` (`--train.lr=3e-5`); the short forms
 are the explicit `ALIASES` (`--lr=3e-5`) and `SHORTHANDS` (`--pcgrad`), and an unknown name is an error that
-suggests the closest keys. A run's `stages` are set in YAML.
+suggests the closest keys. A run's `stages` and the user's own tasks (`task_defs`, each a `TaskDef` that becomes
+a `Task` like the built-ins') are set in YAML.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -23,7 +25,8 @@ import yaml
 
 from jaxbert import choices
 from jaxbert import tasks as task_registry
-from jaxbert.tasks import Task
+from jaxbert.errors import UserError
+from jaxbert.tasks import HubSource, Task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +73,13 @@ class HeadsConfig:
         """The text placed before `task`'s cross-encoded pairs: `para_prompt` for para."""
         return self.para_prompt if task.name == "para" else None
 
+    def regression_head(self, task: Task) -> str:
+        """The head of a regression task: `sts_head` for sts; for another a cosine of its bi-encoded sentences,
+        or a linear regressor on a cross-encoded pair."""
+        if task.name == "sts":
+            return self.sts_head
+        return "cosine" if self.encoding(task) == "bi" else "linear"
+
     def layers(self, task: Task) -> int:
         """Hidden layers of the head `task` trains."""
         return self.task_hidden_layers.get(task.owner, self.hidden_layers)
@@ -77,7 +87,7 @@ class HeadsConfig:
     def cosine(self, task: Task) -> bool:
         """Whether `task`'s head scores the cosine of its two sentence embeddings (a bi-encoded regression)."""
         return (task.kind == "regression" and self.encoding(task) == "bi"
-                and self.sts_head in choices.COSINE_HEADS)
+                and self.regression_head(task) in choices.COSINE_HEADS)
 
     def projects(self, task: Task, owner: Task) -> bool:
         """Whether `task`'s sentence embeddings pass a learned projection (its head's hidden layers) before a
@@ -89,7 +99,7 @@ class HeadsConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     data_dir: str = "data"
-    source: str = "local"  # local | hf (Hugging Face datasets: SST-5, GLUE QQP, STS-B, NLI, tweet_eval)
+    source: str = "auto"  # auto (per task: the files in data_dir, else its Hugging Face source) | local | hf
     files: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # {sst: {train: path}} overrides
     max_length: int = 128
     buckets: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 128])
@@ -144,9 +154,13 @@ class LossConfig:
     simcse_weight: float = 0.0  # unsupervised SimCSE on two dropout views of `simcse_tasks`' sentences
     simcse_tasks: list[str] = dataclasses.field(default_factory=lambda: ["sst"])
     simcse_temperature: float = 0.05  # also nli's supervised SimCSE
-    sts: str = "mse"  # mse | cosine_embedding (on the pair's embeddings, report 002)
+    sts: str = "mse"  # mse | cosine_embedding: sts's loss (on the pair's embeddings, report 002)
     cosine_embedding_threshold: float = 2.5  # an STS pair scored at least this is a positive
     cosine_embedding_margin: float = 0.0  # negatives cost max(0, cos − margin)
+
+    def regression_loss(self, task: Task) -> str:
+        """mse | cosine_embedding: `sts` for the sts task, the squared error for every other regression."""
+        return self.sts if task.name == "sts" else "mse"
 
     def supcon(self, task: Task) -> bool:
         """Whether `task` gets the supervised contrastive term: every softmax classification task."""
@@ -208,8 +222,51 @@ class StageConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class HubConfig:
+    """A user task's Hugging Face source: `columns` maps each of the task's columns (text and label) to the
+    dataset's (a column it leaves out has the same name there), `splits` each of ours to the dataset's."""
+
+    dataset: str = ""
+    config: str | None = None
+    splits: dict[str, str] = dataclasses.field(
+        default_factory=lambda: {"train": "train", "dev": "validation", "test": "test"})
+    columns: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskDef:
+    """A task of the user's (`task_defs: {name: ...}`), trained through the same heads, losses, samplers,
+    surgery, SMART, metrics and predictions as the built-ins."""
+
+    kind: str = ""  # classification: integer labels 0..num_classes-1 | regression: float scores in label_range
+    text: list[str] = dataclasses.field(default_factory=list)  # one column: a single sentence; two: a pair
+    label: str = ""  # the label column (a test file may lack it: predicted, not scored)
+    files: dict[str, str] = dataclasses.field(default_factory=dict)  # {train, dev, test} under data.data_dir
+    num_classes: int = 0  # classification: at least 2
+    label_range: list[float] | None = None  # regression: [lo, hi]; labels outside are skipped and counted
+    encoding: str | None = None  # pairs: cross | bi (default cross)
+    binary: bool = False  # 2 classes as one logit and a sigmoid cross-entropy, as para's head (default: 2 logits)
+    delimiter: str = "\t"
+    auxiliary: bool = False  # trained and reported, counted in no aggregate score
+    hf: HubConfig | None = None
+
+    def task(self, name: str) -> Task:
+        """The task this entry defines under `name`."""
+        columns = (*self.text, self.label)
+        hub = None if self.hf is None else HubSource(
+            self.hf.dataset, {c: self.hf.columns.get(c, c) for c in columns}, self.hf.config, dict(self.hf.splits))
+        return Task(name, name, tuple(self.text), self.label, self.kind, dict(self.files),
+                    num_classes=self.num_classes if self.kind == "classification" else 0, binary=self.binary,
+                    score_range=tuple(self.label_range) if self.kind == "regression" and self.label_range else None,
+                    encoding="single" if len(self.text) == 1 else self.encoding or "cross", auxiliary=self.auxiliary,
+                    prediction_header=f"Predicted_{self.label}", hub=hub, delimiter=self.delimiter,
+                    defined_in=f"task_defs.{name}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     tasks: list[str] = dataclasses.field(default_factory=lambda: ["sst", "para", "sts"])
+    task_defs: dict[str, TaskDef] = dataclasses.field(default_factory=dict)  # the user's own tasks, by name
     out: str = "runs/default"
     resume: bool = False
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -221,8 +278,15 @@ class Config:
     stages: list[StageConfig] = dataclasses.field(default_factory=list)  # empty: one stage, the run's own settings
 
     def task(self, name: str) -> Task:
-        """The task named `name`."""
+        """The task named `name`: one of `task_defs`, or a built-in."""
+        if name in self.task_defs:
+            return self.task_defs[name].task(name)
         return task_registry.get(name)
+
+    @property
+    def known_tasks(self) -> tuple[str, ...]:
+        """Every task a run of this config may name: the built-ins, then `task_defs`."""
+        return (*task_registry.TASKS, *self.task_defs)
 
     @property
     def run_tasks(self) -> tuple[Task, ...]:
@@ -230,8 +294,8 @@ class Config:
         return tuple(self.task(name) for name in self.tasks)
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UserError, ValueError):
+    """A config file, key, value or option combination that cannot be; the message names the file and key."""
 
 
 # ------------------------------------------------------------------------------------------ reading values
@@ -542,9 +606,12 @@ def validate(config: Config) -> None:
     facts (the device count, a file's columns) are checked where those are known, before anything is written."""
     for key, allowed in CHOICES.items():
         _check(get(config, key) in allowed, f"{key} is {get(config, key)!r}; allowed: {', '.join(allowed)}")
-    unknown = [t for t in config.tasks if t not in task_registry.TASKS]
+    for name, definition in config.task_defs.items():
+        _validate_task_def(name, definition)
+    unknown = [t for t in config.tasks if t not in config.known_tasks]
     _check(bool(config.tasks) and not unknown,
-           f"tasks {config.tasks} must be a non-empty subset of {', '.join(task_registry.TASKS)}")
+           f"tasks {config.tasks} must be a non-empty subset of the known tasks: {', '.join(config.known_tasks)}"
+           + (" (a task of your own is defined under task_defs)" if unknown else ""))
     _check(len(set(config.tasks)) == len(config.tasks), f"tasks {config.tasks} names a task twice")
     _validate_model_and_data(config)
     _validate_heads(config)
@@ -552,6 +619,51 @@ def validate(config: Config) -> None:
     _validate_smart(config)
     _validate_train(config)
     _validate_stages(config)
+
+
+TASK_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+
+
+def _validate_task_def(name: str, d: TaskDef) -> None:
+    """One `task_defs` entry, every message naming the task and the field."""
+    where = f"task_defs.{name}"
+    _check(name not in task_registry.TASKS, f"{where}: {name!r} is a built-in task; give yours another name")
+    _check(bool(TASK_NAME.fullmatch(name)), f"{where}: a task name must start with a letter and hold only letters, "
+                                            "digits, '_' and '-' (it names files)")
+    _check(d.kind in choices.TASK_KINDS, f"{where}.kind " + ("is missing" if not d.kind else f"is {d.kind!r}")
+           + f"; allowed: {', '.join(choices.TASK_KINDS)}")
+    _check(len(d.text) in (1, 2) and all(c.strip() for c in d.text) and len(set(d.text)) == len(d.text),
+           f"{where}.text must name one column (a single sentence) or two different ones (a pair), got {d.text}")
+    _check(bool(d.label.strip()), f"{where}.label is missing: the label column's name")
+    _check(d.label not in d.text and "id" not in (*d.text, d.label),
+           f"{where}.label {d.label!r} and text {d.text} must be different columns, none of them 'id' (the "
+           "optional column that keys predictions)")
+    _check(set(d.files) <= set(task_registry.SPLITS) and all(f.strip() for f in d.files.values()),
+           f"{where}.files {d.files}: the keys are splits ({', '.join(task_registry.SPLITS)}), the values file names")
+    _check("train" in d.files or (d.hf is not None and "train" in d.hf.splits),
+           f"{where}.files needs a train file (dev and test are optional), or the task an hf source with a train "
+           "split")
+    if d.kind == "classification":
+        _check(d.num_classes >= 2, f"{where}.num_classes " + ("is missing" if not d.num_classes else
+                                                              f"is {d.num_classes}") + ": a classification task "
+               "needs at least 2 classes (labels 0..num_classes-1)")
+        _check(d.label_range is None, f"{where}.label_range is for regression tasks; a classification task's labels "
+                                      "are 0..num_classes-1")
+        _check(not d.binary or d.num_classes == 2, f"{where}.binary needs num_classes 2, got {d.num_classes}")
+    else:
+        _check(d.label_range is not None and len(d.label_range) == 2 and d.label_range[0] < d.label_range[1],
+               f"{where}.label_range must be [lo, hi] with lo < hi for a regression task, got {d.label_range}")
+        _check(not d.num_classes and not d.binary, f"{where}.num_classes and binary are for classification tasks")
+    _check(d.encoding is None or (len(d.text) == 2 and d.encoding in choices.PAIR_ENCODINGS),
+           f"{where}.encoding {d.encoding!r}: only a pair task (two text columns) has one, cross or bi")
+    _check(len(d.delimiter) == 1, f"{where}.delimiter must be one character, got {d.delimiter!r}")
+    if d.hf is not None:
+        _check(bool(d.hf.dataset.strip()), f"{where}.hf.dataset is missing: the Hugging Face dataset's name")
+        _check(set(d.hf.splits) <= set(task_registry.SPLITS),
+               f"{where}.hf.splits {d.hf.splits}: the keys are our splits ({', '.join(task_registry.SPLITS)}), the "
+               "values the dataset's")
+        stray = [c for c in d.hf.columns if c not in (*d.text, d.label)]
+        _check(not stray, f"{where}.hf.columns maps {stray}, which are not the task's columns {[*d.text, d.label]}")
 
 
 def _validate_model_and_data(config: Config) -> None:
@@ -564,9 +676,9 @@ def _validate_model_and_data(config: Config) -> None:
            f"data.buckets {data.buckets} must be positive lengths, data.max_length {data.max_length} the largest "
            "(every example fits one)")
     for task, files in data.files.items():
-        _check(task in task_registry.TASKS, f"data.files.{task}: {task!r} is not a task; known: "
-                                            f"{', '.join(task_registry.TASKS)}")
-        lacking = [split for split in files if config.task(task).file(split) is None]
+        _check(task in config.known_tasks, f"data.files.{task}: {task!r} is not a task; known: "
+                                           f"{', '.join(config.known_tasks)}")
+        lacking = [split for split in files if not config.task(task).has_split(split)]
         _check(not lacking, f"data.files.{task}: the task has no {', '.join(lacking)} split")
 
 
@@ -574,11 +686,11 @@ def _validate_heads(config: Config) -> None:
     heads = config.heads
     _check(heads.hidden_layers >= 0, f"heads.hidden_layers must be non-negative, got {heads.hidden_layers}")
     for name, layers in heads.task_hidden_layers.items():
-        task = task_registry.TASKS.get(name)
+        task = config.task(name) if name in config.known_tasks else None
         if task is None or task.head:
-            owners = [t for t, spec in task_registry.TASKS.items() if not spec.head]
-            shared = ", ".join(f"{t} trains the {spec.head} head" for t, spec in task_registry.TASKS.items()
-                               if spec.head)
+            known = [config.task(t) for t in config.known_tasks]
+            owners = [t.name for t in known if not t.head]
+            shared = ", ".join(f"{t.name} trains the {t.head} head" for t in known if t.head)
             raise ConfigError(f"heads.task_hidden_layers: {name!r} is not a task with a head of its own ({shared}); "
                               f"known: {', '.join(owners)}")
         _check(layers >= 0, f"heads.task_hidden_layers.{name} must be non-negative, got {layers}")
@@ -604,9 +716,9 @@ def _validate_losses(config: Config) -> None:
         _check(get(config, key) >= 0, f"{key} must be non-negative, got {get(config, key)}")
     for key in ("losses.supcon_temperature", "losses.simcse_temperature"):
         _check(get(config, key) > 0, f"{key} must be positive, got {get(config, key)}")
-    unknown = [t for t in losses.simcse_tasks if t not in task_registry.TASKS]
-    _check(not unknown, f"losses.simcse_tasks {unknown} are not tasks; known: {', '.join(task_registry.TASKS)}")
-    contrastive = [t for t in losses.simcse_tasks if task_registry.TASKS[t].kind == "contrastive"]
+    unknown = [t for t in losses.simcse_tasks if t not in config.known_tasks]
+    _check(not unknown, f"losses.simcse_tasks {unknown} are not tasks; known: {', '.join(config.known_tasks)}")
+    contrastive = [t for t in losses.simcse_tasks if config.task(t).kind == "contrastive"]
     _check(not contrastive, f"losses.simcse_tasks cannot include {', '.join(contrastive)}: its triplets are trained "
                             "with supervised SimCSE already")
     _check(losses.sts != "cosine_embedding" or (heads.sts_encoding == "bi" and heads.sts_head in choices.COSINE_HEADS),

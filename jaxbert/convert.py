@@ -18,15 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbert.errors import CheckpointError, MissingFileError, OfflineError
 from jaxbert.modeling import BertConfig, BertModel
 
 SAFETENSORS = "model.safetensors"
 TORCH_BIN = "pytorch_model.bin"  # legacy pickle checkpoints, read only when no safetensors exist
 PARAMS_DIR = "params"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be converted: wrong architecture, missing or unexpected tensors, bad shapes."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +172,7 @@ def read_hf_state(folder: Path) -> dict[str, np.ndarray]:
         state = torch.load(folder / TORCH_BIN, map_location="cpu", weights_only=True)
         return {name: tensor.float().numpy() if tensor.is_floating_point() else tensor.numpy()
                 for name, tensor in state.items()}
-    raise FileNotFoundError(f"{folder} holds neither {SAFETENSORS} nor {TORCH_BIN}")
+    raise MissingFileError(f"{folder} holds neither {SAFETENSORS} nor {TORCH_BIN}")
 
 
 def download_from_hub(repo_id: str, log: Callable[[str], None] = print) -> Path:
@@ -198,15 +195,15 @@ def download_from_hub(repo_id: str, log: Callable[[str], None] = print) -> Path:
         except RemoteEntryNotFoundError:
             log(f"{repo_id} has no {SAFETENSORS}; falling back to {TORCH_BIN}")
             fetch(TORCH_BIN)
-    except LocalEntryNotFoundError as e:
-        raise ConnectionError(
+    except LocalEntryNotFoundError:
+        raise OfflineError(
             f"cannot download {repo_id!r} from the Hugging Face Hub (no network, and it is not in the local cache). "
             f"Download the model folder elsewhere and convert it with `--from DIR`."
-        ) from e
-    except RepositoryNotFoundError as e:
-        raise FileNotFoundError(
+        ) from None
+    except RepositoryNotFoundError:
+        raise MissingFileError(
             f"{repo_id!r} is neither a local folder nor a repository on the Hugging Face Hub"
-        ) from e
+        ) from None
     return folder
 
 
@@ -228,10 +225,10 @@ def resolve_hf_folder(path_or_hub_id: str | Path, log: Callable[[str], None] = p
     path = Path(path_or_hub_id)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model folder")
+            raise MissingFileError(f"{path} has no config.json: not a Hugging Face model folder")
         return path
     if path.exists() or str(path_or_hub_id).startswith((".", "/")):
-        raise FileNotFoundError(f"{path} is not a folder")
+        raise MissingFileError(f"{path} is not a folder")
     return download_from_hub(str(path_or_hub_id), log)
 
 
@@ -254,7 +251,7 @@ def load_converted(folder: str | Path) -> tuple[BertConfig, dict]:
 
     folder = Path(folder).absolute()
     if not (folder / PARAMS_DIR).is_dir():
-        raise FileNotFoundError(f"{folder} has no {PARAMS_DIR}/ Orbax checkpoint; run `python convert_weights.py` first")
+        raise MissingFileError(f"{folder} has no {PARAMS_DIR}/ Orbax checkpoint; run `python convert_weights.py` first")
     config = BertConfig.from_json_file(folder / "config.json")
     ids = jnp.zeros((1, 1), jnp.int32)
     target = jax.eval_shape(BertModel(config).init, jax.random.key(0), ids, ids)["params"]
@@ -293,7 +290,7 @@ def convert(source: str | Path, out_dir: str | Path, log: Callable[[str], None] 
         f"({config.num_hidden_layers} layers, hidden {config.hidden_size})")
     vocab = folder / "vocab.txt"
     if not vocab.is_file():
-        raise FileNotFoundError(f"{folder} has no vocab.txt, which the tokenizer needs")
+        raise MissingFileError(f"{folder} has no vocab.txt, which the tokenizer needs")
     out = save_converted(out_dir, config, params, vocab)
     log(f"wrote {out}/{{{PARAMS_DIR}/, config.json, vocab.txt}}")
     return out

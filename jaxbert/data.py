@@ -1,8 +1,9 @@
 """Task data for multitask BERT fine-tuning: read, validate, tokenize once, batch.
 
-A task's files and columns are its `jaxbert.tasks.Task`: the course's tab-separated CSVs (an unnamed
-row-index column, ``id``, the text column(s) and a label column, which the student test files lack), or its
-Hugging Face source.
+A task's files and columns are its `jaxbert.tasks.Task`: delimited text files with a header row naming the
+columns (the course's tab-separated CSVs: an unnamed row-index column, ``id``, the text column(s) and a label
+column, which the student test files lack), or its Hugging Face source. An ``id`` column keys the predictions;
+a file without one is keyed by row number.
 
 Pipeline::
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import math
 import os
 import zipfile
@@ -32,6 +32,7 @@ import numpy as np
 
 from jaxbert import choices
 from jaxbert.config import Config
+from jaxbert.errors import DataError, MissingFileError, OfflineError
 from jaxbert.tasks import SPLITS, Task
 from jaxbert.tokenization import BertTokenizer
 
@@ -155,7 +156,7 @@ def _parse_label(raw: object, task: Task) -> tuple[float | None, str | None]:
 
 
 def read_split(path: str | os.PathLike, task: Task, *, require_labels: bool = False) -> Examples:
-    """Read and validate one tab-separated course file.
+    """Read and validate one data file of `task`, its fields separated by `task.delimiter`.
 
     Quoting follows pandas' ``read_csv`` default (a field starting with ``"`` is quoted,
     ``""`` inside is a literal quote, quoted fields may span lines); for the course
@@ -171,31 +172,41 @@ def read_split(path: str | os.PathLike, task: Task, *, require_labels: bool = Fa
             otherwise a file without it is read as unlabeled (``labels`` None).
 
     Raises:
-        FileNotFoundError: naming the file.
-        ValueError: the file is empty, not valid CSV, or lacks a needed column
-            (the message names the file, the missing and the expected columns).
+        MissingFileError: naming the file.
+        DataError: the file is unreadable, not UTF-8, empty, not valid CSV, or lacks a needed column (the message
+            names the file, the missing and the expected columns).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{task.name} data file not found: {path}")
+        raise MissingFileError(f"{task.name} data file not found: {path}")
+    try:
+        return _read_rows(path, task, require_labels)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}): save it as UTF-8") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read: {e.strerror or e}") from None
+
+
+def _read_rows(path: Path, task: Task, require_labels: bool) -> Examples:
     # newline="" lets csv see quoted line breaks; utf-8-sig tolerates a BOM.
     with path.open(newline="", encoding="utf-8-sig") as fp:
-        reader = csv.reader(fp, delimiter="\t")
+        reader = csv.reader(fp, delimiter=task.delimiter)
         header = next(reader, None)
         if header is None:
-            raise ValueError(f"{path}: empty file, expected a header row")
+            raise DataError(f"{path}: empty file, expected a header row")
         header = [h.strip() for h in header]
         label = task.label
-        expected = ["id", *task.text, *([label] if label else [])]
+        expected = [*task.text, *([label] if label else [])]
         labeled = label is not None and label in header
-        missing = [c for c in ["id", *task.text] if c not in header]
+        missing = [c for c in task.text if c not in header]
         if require_labels and label is not None and not labeled:
             missing.append(label)
         if missing:
-            optional = " (label optional in test files)" if label else ""
-            raise ValueError(f"{path}: missing column(s) {missing}; expected columns "
-                             f"{expected} for {task.name}{optional}, found {header}")
-        where = {c: header.index(c) for c in expected if c in header}
+            optional = " (the label is optional in a test file)" if label else ""
+            separator = "tab" if task.delimiter == "\t" else repr(task.delimiter)
+            raise DataError(f"{path}: missing column(s) {missing}; {task.name} reads the columns {expected}"
+                            f"{optional} and an optional id, {separator}-separated; the header has {header}")
+        where = {c: header.index(c) for c in ["id", *expected] if c in header}
         collector = _Collector(task, labeled)
         row = 0
         try:
@@ -203,10 +214,10 @@ def read_split(path: str | os.PathLike, task: Task, *, require_labels: bool = Fa
                 if len(fields) != len(header):
                     collector.skip("malformed row", row)
                     continue
-                collector.add(row, fields[where["id"]], [fields[where[c]] for c in task.text],
-                              fields[where[label]] if labeled else None)
+                collector.add(row, fields[where["id"]] if "id" in where else row,
+                              [fields[where[c]] for c in task.text], fields[where[label]] if labeled else None)
         except csv.Error as e:  # e.g. an unclosed quote swallowing the rest of the file
-            raise ValueError(f"{path}: CSV error after data row {row}: {e}") from e
+            raise DataError(f"{path}: CSV error after data row {row}: {e}") from None
     return collector.build(path)
 
 
@@ -220,6 +231,8 @@ def read_hf_split(task: Task, split: str) -> Examples:
 
     Raises:
         ValueError: the task has no hub source or the split is unknown.
+        OfflineError: the Hub cannot be reached (and the dataset is not in the local cache).
+        DataError: the dataset cannot be loaded, or lacks a column.
     """
     if task.hub is None:
         raise ValueError(f"no Hugging Face source for task {task.name!r}")
@@ -229,11 +242,17 @@ def read_hf_split(task: Task, split: str) -> Examples:
 
     hub = task.hub
     hub_split = hub.splits[split]
-    ds = datasets.load_dataset(hub.dataset, hub.config, split=hub_split)
+    try:
+        ds = datasets.load_dataset(hub.dataset, hub.config, split=hub_split)
+    except ConnectionError as e:
+        raise OfflineError(f"{task.name}: cannot download {hub.dataset} from the Hugging Face Hub ({e})") from None
+    except (FileNotFoundError, ValueError) as e:
+        raise DataError(f"{task.name}: cannot load the Hugging Face dataset {hub.dataset}"
+                        f"{' (' + hub.config + ')' if hub.config else ''}, split {hub_split}: {e}") from None
     text_columns = [hub.columns[c] for c in task.text]
     missing = [c for c in text_columns if c not in ds.column_names]
     if missing:
-        raise ValueError(f"{hub.dataset}:{hub_split}: missing column(s) {missing}; found {ds.column_names}")
+        raise DataError(f"{hub.dataset}:{hub_split}: missing column(s) {missing}; found {ds.column_names}")
     label_column = hub.columns.get(task.label) if task.label else None
     raw = ds[label_column] if label_column is not None and label_column in ds.column_names else []
     raw = [None if v is None or v == -1 else v * hub.label_scale for v in raw]
@@ -464,35 +483,84 @@ def pad_indices(indices: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndar
 # ----------------------------------------------------------------------------- loading
 
 
+def local_path(config: Config, task: Task, split: str) -> Path | None:
+    """The file `split` of `task` is read from: its `data.files` override or the task's own file name, under
+    `data.data_dir` unless absolute; None when neither names one (a task defined by its Hub source alone)."""
+    name = config.data.files.get(task.name, {}).get(split, task.file(split))
+    return None if name is None else Path(config.data.data_dir) / name
+
+
+def task_source(config: Config, task: Task) -> str:
+    """Where `task`'s data comes from, "local" or "hf": `data.source`, or for "auto" its local files when its
+    train file is there and its Hub source otherwise.
+
+    Raises:
+        MissingFileError: "auto" finds neither, saying where to put which files.
+    """
+    if config.data.source != "auto":
+        return config.data.source
+    train = local_path(config, task, "train")
+    if train is not None and train.is_file():
+        return "local"
+    if task.hub is not None:
+        return "hf"
+    raise MissingFileError(f"no data for {task.name}: {missing_files_hint(config, task)}")
+
+
+def missing_files_hint(config: Config, task: Task) -> str:
+    """Where to put `task`'s files and under which names, and the options that say where they are."""
+    names = [str(local_path(config, task, split).name) for split in SPLITS if local_path(config, task, split)]
+    hub = (f", or read its Hugging Face source {task.hub.dataset} with --data.source=hf (needs the network)"
+           if task.hub else "")
+    if not names:  # a task defined by its Hub source alone
+        return f"it names no files ({task.defined_in or task.name}.files){hub}"
+    return (f"put its files {', '.join(names)} (test optional) in {config.data.data_dir}/ or pass --data-dir DIR"
+            f"{hub}")
+
+
 def load_task_data(config: Config, tokenizer: BertTokenizer, splits: Iterable[str] = SPLITS,
                    log: Callable[[str], None] = print) -> dict[str, dict[str, Encoded]]:
     """Read, validate and encode every ``(task, split)`` of the run: its `config.tasks` from `config.data`
     (`data_dir` and the default file names, or the `files` overrides, relative to `data_dir` unless absolute;
-    or with `source` "hf" the tasks' Hugging Face sources), each pair task encoded as `config.heads` says.
+    or the tasks' Hugging Face sources, as `task_source` decides per task), each pair task encoded as
+    `config.heads` says.
 
     Returns:
         ``{task: {split: Encoded}}``; a test split whose file is absent is left out (and logged), since test
         files are optional, and so is a split the task does not have (nli has no dev or test split, tweet no
-        test split). ``log`` receives one summary line per file (rows, skips by reason, truncation).
+        test split). ``log`` receives a line per task saying where its data comes from, and one summary line
+        per split (rows, skips by reason, truncation).
 
     Raises:
-        FileNotFoundError: a train or dev file is absent (naming it).
-        ValueError: the errors of :func:`read_split`.
+        MissingFileError: a train or dev file is absent (naming it, and saying where the files go).
+        OfflineError: a Hub source cannot be downloaded (saying where the files go instead).
+        DataError: the errors of :func:`read_split` and :func:`read_hf_split`.
     """
     data, out = config.data, {}
     for task in config.run_tasks:
+        source = task_source(config, task)
+        if data.source == "auto":
+            log(f"{task.name}: " + (f"files in {data.data_dir}/" if source == "local" else
+                                    f"{local_path(config, task, 'train') or 'no train file'} absent, reading the "
+                                    f"Hugging Face dataset {task.hub.dataset}"))
         out[task.name] = {}
         for split in splits:
-            if task.file(split) is None:
+            if not task.has_split(split) or (source == "hf" and split not in task.hub.splits):
                 log(f"{task.name} {split}: the task has no {split} split, skipping")
                 continue
-            if data.source == "hf":
-                examples = read_hf_split(task, split)
+            if source == "hf":
+                try:
+                    examples = read_hf_split(task, split)
+                except OfflineError as e:
+                    raise OfflineError(f"{e}; {missing_files_hint(config, task)}") from None
             else:
-                path = Path(data.data_dir) / data.files.get(task.name, {}).get(split, task.file(split))
-                if split == "test" and not path.is_file():
+                path = local_path(config, task, split)
+                if split == "test" and (path is None or not path.is_file()):
                     log(f"{task.name} test: {path} absent, skipping")
                     continue
+                if path is None or not path.is_file():
+                    raise MissingFileError(f"{task.name} {split} file not found: {path or 'none named'}; "
+                                           f"{missing_files_hint(config, task)}")
                 examples = read_split(path, task, require_labels=split != "test")
             enc = encode_split(examples, tokenizer, max_length=data.max_length,
                                pair_encoding=config.heads.encoding(task) if task.is_pair else "cross",

@@ -42,6 +42,7 @@ import yaml
 
 from jaxbert import tasks
 from jaxbert.config import Config, ConfigError, leaf_paths, load_config, parse_overrides, resolve_key
+from jaxbert.errors import UserError
 
 SUITE_KEYS = ("name", "seeds", "vmap_seeds", "overrides", "rows")
 ROW_KEYS = ("name", "config", "overrides")
@@ -49,12 +50,9 @@ ROW_KEYS = ("name", "config", "overrides")
 RUNNER_KEYS = ("out", "resume", "train.seed", "train.seeds", "train.vmap_seeds")
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
-# (column key, label, path into a dev-metrics record of results.json or metrics.jsonl): every scored task's
-# metric ("sst_acc", "SST acc"), then the overall score.
+# A table's metric columns are every scored task's metric ("sst_acc", labelled "SST acc") in the order the runs
+# list their tasks, then the overall score.
 _SHORT = {"accuracy": "acc", "pearson": "r"}
-METRICS = (*((f"{t.name}_{_SHORT[t.metric]}", f"{t.display} {_SHORT[t.metric]}", (t.name, t.metric))
-             for t in tasks.TASKS.values() if t.metric and not t.auxiliary),
-           ("overall", "overall", ("overall",)))
 RUN_STATS = (("wall_time_sec", "wall time (s)"), ("train_examples_per_sec", "train examples/s"))
 
 
@@ -381,18 +379,34 @@ def run_jobs(jobs: Sequence[Job], log: Callable[[str], None] = print) -> None:
 @dataclasses.dataclass
 class RunResult:
     seed: int
-    metrics: dict[str, float]  # METRICS keys present in the run, and RUN_STATS keys
+    metrics: dict[str, float]  # metric column keys present in the run, and RUN_STATS keys
     commits: list[str]
-    curve: list[tuple[int, dict[str, float]]]  # (step, METRICS values) per dev evaluation
+    curve: list[tuple[int, dict[str, float]]]  # (step, metric values) per dev evaluation
 
 
 def _metric_values(dev: dict[str, Any]) -> dict[str, float]:
-    values = {}
-    for key, _, path in METRICS:
-        value = _lookup(dev, ".".join(path))
-        if value is not _MISSING:
-            values[key] = float(value)
+    """`{"sst_acc": ..., "sts_r": ..., "overall": ...}` of a dev-metrics record of results.json or metrics.jsonl."""
+    values = {f"{task}_{_SHORT[name]}": float(value) for task, metrics in dev.items() if isinstance(metrics, dict)
+              for name, value in metrics.items() if name in _SHORT}
+    if "overall" in dev:
+        values["overall"] = float(dev["overall"])
     return values
+
+
+def metric_label(key: str) -> str:
+    """A metric column's label: "SST acc" for "sst_acc" (a built-in task's display name), "mysim r"."""
+    if key == "overall":
+        return key
+    task, short = key.rsplit("_", 1)
+    return f"{tasks.TASKS[task].display if task in tasks.TASKS else task} {short}"
+
+
+def _metric_keys(runs: dict[str, list[RunResult]]) -> list[str]:
+    """The metric columns of `runs` (their best epochs' and their curves'), overall last."""
+    seen = [k for row in runs.values() for run in row
+            for k in [*run.metrics, *(k for _, values in run.curve for k in values)] if k not in dict(RUN_STATS)]
+    keys = dict.fromkeys(k for k in seen if k != "overall")
+    return [*keys, *(["overall"] if "overall" in seen else [])]
 
 
 def read_run(folder: Path, seed: int) -> RunResult:
@@ -431,7 +445,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def _columns(runs: dict[str, list[RunResult]]) -> list[tuple[str, str]]:
     present = {key for row in runs.values() for run in row for key in run.metrics}
-    return [(key, label) for key, label, _ in METRICS if key in present] + \
+    return [(key, metric_label(key)) for key in _metric_keys(runs)] + \
         [(key, label) for key, label in RUN_STATS if key in present]
 
 
@@ -485,7 +499,7 @@ def write_csv(path: Path, runs: dict[str, list[RunResult]]) -> None:
 def learning_curves(runs: dict[str, list[RunResult]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """`{metric: {row: [(step, mean over the seeds evaluated at that step), ...]}}`."""
     curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
-    for key, _, _ in METRICS:
+    for key in _metric_keys(runs):
         for row, row_runs in runs.items():
             by_step: dict[int, list[float]] = {}
             for run in row_runs:
@@ -522,12 +536,11 @@ def plot_curves(path: Path, suite: Suite, runs: dict[str, list[RunResult]]) -> N
     import matplotlib.pyplot as plt
 
     curves = learning_curves(runs)
-    labels = {key: label for key, label, _ in METRICS}
     fig, axes = plt.subplots(1, max(len(curves), 1), figsize=(3.6 * max(len(curves), 1), 3.4), squeeze=False)
     for ax, (key, by_row) in zip(axes[0], curves.items()):
         for row, points in by_row.items():
             ax.plot(*zip(*points), marker="o", label=row)
-        ax.set_title(f"dev {labels[key]}", fontsize=10)
+        ax.set_title(f"dev {metric_label(key)}", fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
@@ -547,9 +560,9 @@ def write_report(suite: Suite, results: str | Path) -> Path:
     runs = collect(suite, results)
     (folder / "table.md").write_text(markdown_table(suite, runs))
     write_csv(folder / "table.csv", runs)
-    metric_labels = {key: label for key, label, _ in METRICS}
+    metric_keys = _metric_keys(runs)
     for key, label in _columns(runs):
-        if key in metric_labels:
+        if key in metric_keys:
             plot_bars(folder / f"bars_{key}.png", suite, runs, key, label)
     if any(run.curve for row_runs in runs.values() for run in row_runs):
         plot_curves(folder / "curves.png", suite, runs)
@@ -582,14 +595,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"report: {write_report(suite, args.results)}")
             return
         jobs = plan(suite, args.results, seeds, only)
-    except ConfigError as e:
+        print("\n".join(describe_plan(suite, args.results, jobs, seeds, only)))
+        if args.dry_run:
+            return
+        share_compilations(Path(args.results) / ".xla_cache")
+        run_jobs(jobs)
+        print(f"report: {write_report(suite, args.results)}")
+    except UserError as e:  # a bad suite, config, checkpoint folder or data file: the message says the fix
         sys.exit(f"jaxbert.experiments: error: {e}")
-    print("\n".join(describe_plan(suite, args.results, jobs, seeds, only)))
-    if args.dry_run:
-        return
-    share_compilations(Path(args.results) / ".xla_cache")
-    run_jobs(jobs)
-    print(f"report: {write_report(suite, args.results)}")
 
 
 if __name__ == "__main__":

@@ -175,13 +175,8 @@ class MultitaskBert(nn.Module):
         encoding, owner = spec.encoding(task), self.task(task.owner)
         if encoding in ("single", "cross"):
             embeddings = self.embed_sentences(task.name, batch, spec.pooling(task), deterministic, perturbation)
-            logits = self.head[owner.name](self.dropout(embeddings, deterministic=deterministic), deterministic)
-            if task.outputs == 1:
-                output = logits[:, 0]
-            elif spec.classifier_activation == "none":
-                output = logits
-            else:
-                output = HEAD_ACTIVATIONS[spec.classifier_activation](logits)
+            output = self.head_output(task, self.head[owner.name](
+                self.dropout(embeddings, deterministic=deterministic), deterministic))
         else:
             embeddings = self.embed_sentences(task.name, stack_sentences(batch, SENTENCES[encoding]),
                                               spec.pooling(task), deterministic, perturbation)
@@ -192,13 +187,23 @@ class MultitaskBert(nn.Module):
                                                                              deterministic)
         return (output, embeddings) if return_embeddings else output
 
+    def head_output(self, task: Task, outputs: Array) -> Array:
+        """A head's output layer `[batch, outputs]` → the task's output: a logit or score `[batch]` when it has one
+        output, else its logits `[batch, classes]` (through `heads.classifier_activation`)."""
+        if task.outputs == 1:
+            return outputs[:, 0]
+        if self.heads.classifier_activation == "none":
+            return outputs
+        return HEAD_ACTIVATIONS[self.heads.classifier_activation](outputs)
+
     def pair_head(self, task: Task, u: Array, v: Array, deterministic: bool) -> Array:
-        """`[batch]` score or logit from the two sentences' `[batch, d]` embeddings."""
+        """The score, logit `[batch]` or logits `[batch, classes]` of a bi-encoded pair from its two sentences'
+        `[batch, d]` embeddings."""
         spec = self.heads
         if spec.cosine(task):
             # A cosine head spans the task's score range: negative similarity (cosine) is clamped to its bottom.
             lo, hi = task.score_range
-            if spec.sts_head == "cosine":
+            if spec.regression_head(task) == "cosine":
                 return lo + (hi - lo) * jax.nn.relu(cosine(u, v))
             # Report 002 (scale 20): σ(cos) alone would stay within [0.27, 0.73], a fraction of the range.
             return lo + (hi - lo) * jax.nn.sigmoid(spec.cosine_scale * cosine(u, v))
@@ -206,4 +211,5 @@ class MultitaskBert(nn.Module):
             features = jnp.concatenate([u, v, cosine(u, v)[:, None].astype(u.dtype)], -1)  # [batch, 2d + 1]
         else:  # the Sentence-BERT classifier features
             features = jnp.concatenate([u, v, jnp.abs(u - v), u * v], -1)  # [batch, 4d]
-        return self.head[task.owner](self.dropout(features, deterministic=deterministic), deterministic)[:, 0]
+        return self.head_output(task, self.head[task.owner](self.dropout(features, deterministic=deterministic),
+                                                            deterministic))

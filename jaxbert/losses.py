@@ -33,8 +33,8 @@ def head_loss(task: Task, config: LossConfig, output: Array, labels: Array | Non
     `[sentences per example, batch, d]` for the losses that read them.
 
     A softmax classifier takes `config.sst` (cross-entropy with `label_smoothing`, or the ordinal log loss), a
-    binary one the sigmoid cross-entropy; a regression the squared error of its score, or with `config.sts`
-    "cosine_embedding" the cosine-embedding loss of its pair's embeddings, pairs scored at least
+    binary one the sigmoid cross-entropy; a regression the squared error of its score, or (sts with `config.sts`
+    "cosine_embedding") the cosine-embedding loss of its pair's embeddings, pairs scored at least
     `cosine_embedding_threshold` counting as similar; contrastive triplets supervised SimCSE at
     `simcse_temperature`, the third sentences as hard negatives.
     """
@@ -42,7 +42,7 @@ def head_loss(task: Task, config: LossConfig, output: Array, labels: Array | Non
         premises, entailments, contradictions = sentences
         return simcse_loss(premises, entailments, config.simcse_temperature, hard_negatives=contradictions)
     if task.kind == "regression":
-        if config.sts == "cosine_embedding":
+        if config.regression_loss(task) == "cosine_embedding":
             targets = jnp.where(labels >= config.cosine_embedding_threshold, 1, -1)
             return cosine_embedding_loss(sentences[0], sentences[1], targets, config.cosine_embedding_margin)
         return mean_squared_error(output, labels)

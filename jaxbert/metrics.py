@@ -1,14 +1,15 @@
 """Evaluation metrics of the multitask BERT (pure NumPy, float64).
 
-A task is scored by its `Task.metric`: accuracy for classification, Pearson r for regression. The course's
-overall score maps the correlation from [-1, 1] to [0, 1]: ``(acc_sst + acc_para + (r_sts + 1) / 2) / 3``.
-Auxiliary tasks (tweet sentiment, which only feeds the SST head) are reported but enter neither summary score.
+A task is scored by its `Task.metric`: accuracy for classification, Pearson r for regression. The overall
+score maps each correlation from [-1, 1] to [0, 1] and averages, which for the course's three tasks is its
+``(acc_sst + acc_para + (r_sts + 1) / 2) / 3``. Auxiliary tasks (tweet sentiment, which only feeds the SST head)
+are reported but enter no summary score.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Collection, Mapping
 
 import numpy as np
 
@@ -70,31 +71,28 @@ def task_metric(task: tasks.Task, predictions, labels) -> dict[str, float]:
     return {task.metric: METRICS[task.metric](predictions, labels)}
 
 
-def _primary(metrics) -> float | None:
+def _primary(metrics) -> tuple[str, float] | None:
     if not isinstance(metrics, Mapping):
         return None
     for name in METRICS:
         if name in metrics:
-            return float(metrics[name])
+            return name, float(metrics[name])
     return None
 
 
-def summarize(dev_metrics: Mapping[str, Mapping[str, float]]) -> dict:
-    """Copy of ``dev_metrics`` (task -> metric dict) with summary scores added.
+def summarize(dev_metrics: Mapping[str, Mapping[str, float]], auxiliary: Collection[str] = ()) -> dict:
+    """Copy of ``dev_metrics`` (task -> metric dict) with the summary scores of its tasks but the `auxiliary`
+    ones (omitted when no task counts):
 
-    ``mean``: mean of the primary metric ("accuracy", else "pearson") of every task present but the auxiliary
-    ones (omitted if none).
-    ``overall``: ``overall_score`` of sst accuracy, para accuracy and sts pearson, only when all three exist.
+    ``overall``: the mean over tasks of accuracy, or of ``(r + 1) / 2`` for a Pearson r, so every term lies in
+    [0, 1]; for sst, para and sts exactly the course's ``overall_score``. Checkpoints are chosen by it.
+    ``mean``: the plain mean of those metrics, the correlation not rescaled.
     Existing top-level "overall"/"mean" entries are recomputed, not averaged in.
     """
     out = {task: (dict(m) if isinstance(m, Mapping) else m) for task, m in dev_metrics.items()
            if task not in ("overall", "mean")}
-    primaries = [p for p in (_primary(m) for t, m in out.items()
-                             if not (t in tasks.TASKS and tasks.TASKS[t].auxiliary)) if p is not None]
+    primaries = [p for p in (_primary(m) for t, m in out.items() if t not in auxiliary) if p is not None]
     if primaries:
-        out["mean"] = float(np.mean(primaries))
-    sst, para, sts = (out.get(t) for t in ("sst", "para", "sts"))
-    if (isinstance(sst, Mapping) and "accuracy" in sst and isinstance(para, Mapping) and "accuracy" in para
-            and isinstance(sts, Mapping) and "pearson" in sts):
-        out["overall"] = overall_score(sst["accuracy"], para["accuracy"], sts["pearson"])
+        out["overall"] = float(np.mean([(v + 1.0) / 2.0 if name == "pearson" else v for name, v in primaries]))
+        out["mean"] = float(np.mean([v for _, v in primaries]))
     return out

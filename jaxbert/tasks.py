@@ -57,6 +57,9 @@ class Task:
       auxiliary: trained and reported, but counted in no aggregate score.
       prediction_header: the second column's header in the course's prediction files (None: no predictions).
       hub: its Hugging Face source, if any.
+      delimiter: the field separator of its files (each has a header row naming its columns).
+      class_names: classification: the name of each class, for people reading predictions.
+      defined_in: where the task was defined, for messages (`task_defs.imdb`); None for a built-in.
     """
 
     name: str
@@ -74,6 +77,9 @@ class Task:
     auxiliary: bool = False
     prediction_header: str | None = None
     hub: HubSource | None = None
+    delimiter: str = "\t"
+    class_names: tuple[str, ...] | None = None
+    defined_in: str | None = None
 
     @property
     def owner(self) -> str:
@@ -108,6 +114,10 @@ class Task:
             return "binary" if self.binary else "classification"
         return "regression" if self.kind == "regression" else None
 
+    def has_split(self, split: str) -> bool:
+        """Whether the task has `split`: a file for it, or a split of its Hub source."""
+        return self.file(split) is not None or (self.hub is not None and split in self.hub.splits)
+
     def file(self, split: str) -> str | None:
         """The default file name of `split`; None if the task has no such split."""
         if split not in SPLITS:
@@ -125,7 +135,8 @@ _SENTENCE, _PAIR = ("sentence",), ("sentence1", "sentence2")
 TASKS: dict[str, Task] = {task.name: task for task in (
     Task("sst", "SST", _SENTENCE, "sentiment", "classification", _course_files("ids-sst"), num_classes=5,
          prediction_header="Predicted_Sentiment",
-         hub=HubSource("SetFit/sst5", {"sentence": "text", "sentiment": "label"})),
+         hub=HubSource("SetFit/sst5", {"sentence": "text", "sentiment": "label"}),
+         class_names=("very negative", "negative", "neutral", "positive", "very positive")),
     Task("cfimdb", "CFIMDB", _SENTENCE, "sentiment", "classification", _course_files("ids-cfimdb"), num_classes=2,
          prediction_header="Predicted_Sentiment"),
     Task("para", "Quora", _PAIR, "is_duplicate", "classification", _course_files("quora"), num_classes=2,
@@ -141,10 +152,12 @@ TASKS: dict[str, Task] = {task.name: task for task in (
     Task("nli", "NLI", (*_PAIR, "hard_negative"), None, "contrastive", {"train": "nli-train.csv"},
          encoding="triplet", head="sts", auxiliary=True,
          hub=HubSource("sentence-transformers/all-nli", {"sentence1": "anchor", "sentence2": "positive",
-                                                          "hard_negative": "negative"}, config="triplet")),
+                                                          "hard_negative": "negative"}, config="triplet",
+                       splits={"train": "train"})),
     Task("tweet", "Tweet", _SENTENCE, "sentiment", "classification", _course_files("tweet", test=False),
          num_classes=5, label_map=(0, 2, 4), head="sst", auxiliary=True, prediction_header="Predicted_Sentiment",
-         hub=HubSource("cardiffnlp/tweet_eval", {"sentence": "text", "sentiment": "label"}, config="sentiment")),
+         hub=HubSource("cardiffnlp/tweet_eval", {"sentence": "text", "sentiment": "label"}, config="sentiment",
+                       splits={"train": "train", "dev": "validation"})),
 )}
 
 

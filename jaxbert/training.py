@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -112,7 +113,14 @@ def evaluate(data: dict[str, dict[str, data_lib.Encoded]], predictors: dict[str,
             predictions[task] = to_predictions(encoded.task, outputs[:, k])
             if encoded.labels is not None:
                 metrics[task] = task_metric(encoded.task, predictions[task], encoded.labels)
-    return [(summarize(metrics) if metrics else {}, predictions) for metrics, predictions in per_seed]
+    auxiliary = {task for task, splits in data.items() if any(e.task.auxiliary for e in splits.values())}
+    return [(summarize(metrics, auxiliary) if metrics else {}, predictions) for metrics, predictions in per_seed]
+
+
+def format_predictions(task: Task, ids, values) -> str:
+    """The course's prediction file: a header `id \t Predicted_...`, then a line `<id> , <value>` per example."""
+    return "".join([f"id \t {task.prediction_header} \n",
+                    *(f"{example_id} , {value} \n" for example_id, value in zip(ids, values))])
 
 
 def write_predictions(out: Path, data, predictions_by_split: dict[str, dict[str, np.ndarray]]) -> None:
@@ -120,10 +128,8 @@ def write_predictions(out: Path, data, predictions_by_split: dict[str, dict[str,
     folder.mkdir(exist_ok=True)
     for split, predictions in predictions_by_split.items():
         for task, values in predictions.items():
-            with open(folder / f"{task}-{split}-output.csv", "w") as f:
-                f.write(f"id \t {data[task][split].task.prediction_header} \n")
-                for example_id, value in zip(data[task][split].ids, values):
-                    f.write(f"{example_id} , {value} \n")
+            encoded = data[task][split]
+            (folder / f"{task}-{split}-output.csv").write_text(format_predictions(encoded.task, encoded.ids, values))
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
@@ -155,12 +161,9 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
 
 
 def dev_score(dev_metrics: dict[str, Any]) -> float | None:
-    """The number best-checkpoint selection maximizes: the course's overall score when it exists, else the mean;
-    None when no task has a dev metric that counts (nli alone, say)."""
-    for key in ("overall", "mean"):
-        if key in dev_metrics:
-            return float(dev_metrics[key])
-    return None
+    """The number best-checkpoint selection maximizes, the overall score (`metrics.summarize`); None when no
+    task has a dev metric that counts (nli alone, say)."""
+    return float(dev_metrics["overall"]) if "overall" in dev_metrics else None
 
 
 def data_seed(t: TrainConfig) -> int:
@@ -254,6 +257,15 @@ class Recorder:
                               "it was started with, or train into another out folder")
         self.records = progress["seeds"]
         return {"stage": progress["stage"], "epoch": progress["epoch"], "step_in_epoch": progress["step_in_epoch"]}
+
+    def save_encoder_files(self, encoder: build.Encoder) -> None:
+        """Each seed folder's `encoder/`: the encoder's config.json and vocab.txt, so that the folder alone is
+        enough to predict with (`jaxbert.runs`) or export the model."""
+        for single in self.configs:
+            folder = Path(single.out) / "encoder"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "config.json").write_text(json.dumps(encoder.config.to_hf_dict(), indent=2) + "\n")
+            shutil.copyfile(encoder.vocab, folder / "vocab.txt")
 
     def rewrite_metrics(self) -> None:
         """Each seed's `metrics.jsonl` from its record. The checkpoint's history is the record: a run stopped
@@ -395,6 +407,7 @@ def run_stage(run: Run, stage: Stage, params: Any, start_step: jax.Array, positi
     state = replicate(build.train_state(params, tx, config).replace(step=start_step), run.mesh)
     label = f"stage {stage.name}: " if stage.name else ""
     if resume:
+        recorder.store.check_fits(state.params)
         items, _ = recorder.store.restore(state.checkpoint_items())
         state = replicate(state.replace(**items), run.mesh)
         run.log(f"resumed from step {current_step(state)} ({label}epoch {position['epoch'] + 1}, "
@@ -469,6 +482,7 @@ def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> di
     params = build.initial_params(model, encoder.params, range(t.seed, t.seed + t.seeds))
     data = data_lib.load_task_data(config, BertTokenizer(encoder.vocab), log=log)
     recorder = Recorder(config)
+    recorder.save_encoder_files(encoder)
     run = Run(config, model, data, build.predict_steps(model, mesh), mesh, recorder, log)
 
     position, resume = {"stage": 0, "epoch": 0, "step_in_epoch": 0}, False

@@ -3,7 +3,12 @@ course-format fixture data, tiny training configs and a run killed after a check
 from here only, never from each other."""
 
 import contextlib
+import os
 from pathlib import Path
+
+# No test reaches the network: a Hub download fails at once (as offline) instead of after its retries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import jax
 import numpy as np

@@ -241,7 +241,7 @@ def test_config_imports_no_jax():
     heavy = [m for m in modules if m.startswith(("jax", "flax", "optax")) and not m.startswith("jaxbert")]
     assert heavy == []
     assert sorted(m for m in modules if m.split(".")[0] == "jaxbert") == [
-        "jaxbert", "jaxbert.choices", "jaxbert.config", "jaxbert.tasks"]
+        "jaxbert", "jaxbert.choices", "jaxbert.config", "jaxbert.errors", "jaxbert.tasks"]
 
 
 def test_train_script_reports_an_unknown_option_in_one_line():
@@ -289,3 +289,75 @@ def test_configs_are_frozen_and_replaced_by_copy():
     assert replaced is not config and replaced.train.lr == 3e-5 and type(replaced.train.lr) is float
     assert config.train.lr == 2e-5 == Config().train.lr  # the original is unchanged
     assert replaced == dataclasses.replace(config, train=dataclasses.replace(config.train, lr=3e-5))
+
+
+# ----------------------------------------------------------------------------- task_defs
+
+IMDB = {"kind": "classification", "num_classes": 2, "text": ["review"], "label": "stars",
+        "files": {"train": "imdb-train.tsv", "dev": "imdb-dev.tsv"}}
+MYSIM = {"kind": "regression", "label_range": [0, 5], "text": ["a", "b"], "label": "score", "encoding": "bi",
+         "files": {"train": "sim-train.tsv"}}
+
+
+def test_task_defs_define_tasks_like_the_builtins(tmp_path):
+    path = write(tmp_path / "own.yaml", yaml.safe_dump({
+        "tasks": ["sst", "imdb", "mysim"], "task_defs": {"imdb": IMDB, "mysim": MYSIM},
+        "heads": {"task_hidden_layers": {"mysim": 1}}, "smart": {"enabled": True, "tasks": ["imdb"]},
+        "train": {"loss_combination": "weights", "loss_weights": {"sst": 1.0, "imdb": 2.0, "mysim": 0.5}}}))
+    config = load_config(path)
+    imdb, mysim = config.task("imdb"), config.task("mysim")
+    assert (imdb.kind, imdb.num_classes, imdb.outputs, imdb.encoding, imdb.metric) == ("classification", 2, 2,
+                                                                                        "single", "accuracy")
+    assert imdb.prediction_header == "Predicted_stars" and imdb.file("train") == "imdb-train.tsv"
+    assert not imdb.has_split("test") and imdb.defined_in == "task_defs.imdb"
+    assert (mysim.score_range, mysim.encoding, mysim.metric, mysim.label_range) == ((0, 5), "bi", "pearson", (0, 5))
+    assert config.heads.regression_head(mysim) == "cosine" and config.heads.projects(mysim, mysim)
+    assert config.smart.smooths(imdb) and not config.smart.smooths(mysim)
+    assert config.known_tasks[-2:] == ("imdb", "mysim")
+    # A cross-encoded regression pair gets a linear regressor; a saved config reloads the same tasks.
+    cross = load_config(path, {"task_defs": {"imdb": IMDB, "mysim": {**MYSIM, "encoding": "cross"}}})
+    assert config.heads.regression_head(cross.task("mysim")) == "linear" and not cross.heads.cosine(cross.task("mysim"))
+    save_config(config, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == config
+    hub = load_config(None, {"tasks": "h", "task_defs": {"h": {**IMDB, "files": {}, "hf": {
+        "dataset": "stanfordnlp/imdb", "splits": {"train": "train", "test": "test"}, "columns": {"review": "text"}}}}})
+    assert hub.task("h").hub.columns == {"review": "text", "stars": "stars"} and hub.task("h").has_split("test")
+
+
+@pytest.mark.parametrize("definition, message", [
+    ({**IMDB, "kind": ""}, "task_defs.mine.kind is missing; allowed: classification, regression"),
+    ({**IMDB, "kind": "ranking"}, "task_defs.mine.kind is 'ranking'; allowed: classification, regression"),
+    ({**IMDB, "num_classes": 1}, "task_defs.mine.num_classes is 1: a classification task needs at least 2 classes"),
+    ({k: v for k, v in IMDB.items() if k != "num_classes"}, "task_defs.mine.num_classes is missing"),
+    ({**IMDB, "label": ""}, "task_defs.mine.label is missing"),
+    ({**IMDB, "text": ["a", "b", "c"]}, "task_defs.mine.text must name one column (a single sentence) or two"),
+    ({**IMDB, "text": ["stars"]}, "task_defs.mine.label 'stars' and text ['stars'] must be different columns"),
+    ({**IMDB, "files": {"dev": "d.tsv"}}, "task_defs.mine.files needs a train file"),
+    ({**IMDB, "files": {"train": "t.tsv", "valid": "v.tsv"}}, "task_defs.mine.files {'train': 't.tsv', 'valid'"),
+    ({**IMDB, "label_range": [0, 1]}, "task_defs.mine.label_range is for regression tasks"),
+    ({**IMDB, "encoding": "bi"}, "task_defs.mine.encoding 'bi': only a pair task (two text columns) has one"),
+    ({**IMDB, "num_classes": 3, "binary": True}, "task_defs.mine.binary needs num_classes 2, got 3"),
+    ({**MYSIM, "label_range": [5, 0]}, "task_defs.mine.label_range must be [lo, hi] with lo < hi"),
+    ({**MYSIM, "label_range": None}, "task_defs.mine.label_range must be [lo, hi]"),
+    ({**MYSIM, "num_classes": 3}, "task_defs.mine.num_classes and binary are for classification tasks"),
+    ({**IMDB, "delimiter": ";;"}, "task_defs.mine.delimiter must be one character"),
+    ({**IMDB, "hf": {"dataset": "x", "columns": {"body": "text"}}}, "task_defs.mine.hf.columns maps ['body']"),
+    ({**IMDB, "colour": "red"}, "unknown config key 'task_defs.mine.colour'"),
+    ({**IMDB, "num_classes": "two"}, "task_defs.mine.num_classes: expected an integer, got 'two'"),
+])
+def test_bad_task_def_names_the_task_and_the_field(definition, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, {"tasks": "mine", "task_defs": {"mine": definition}})
+
+
+def test_task_def_names_and_references():
+    with pytest.raises(ConfigError, match=re.escape("task_defs.sst: 'sst' is a built-in task; give yours another")):
+        load_config(None, {"task_defs": {"sst": IMDB}})
+    with pytest.raises(ConfigError, match=re.escape("task_defs.my task: a task name must start with a letter")):
+        load_config(None, {"task_defs": {"my task": IMDB}})
+    with pytest.raises(ConfigError, match=re.escape("tasks ['imbd'] must be a non-empty subset of the known tasks: "
+                                                    "sst, cfimdb, para, sts, nli, tweet, imdb")):
+        load_config(None, {"tasks": "imbd", "task_defs": {"imdb": IMDB}})
+    with pytest.raises(ConfigError, match=re.escape("smart.tasks ['mysim'] must be a non-empty subset")):
+        load_config(None, {"tasks": "imdb", "task_defs": {"imdb": IMDB, "mysim": MYSIM}, "smart.enabled": "true",
+                           "smart.tasks": "mysim"})

@@ -102,7 +102,7 @@ def test_missing_column_and_file(tmp_path):
         read_split(bad, TASKS["sts"], require_labels=True)
     msg = str(err.value)
     assert "sts-dev.csv" in msg and "missing column(s) ['sentence2', 'similarity']" in msg
-    assert "expected columns ['id', 'sentence1', 'sentence2', 'similarity']" in msg
+    assert "sts reads the columns ['sentence1', 'sentence2', 'similarity']" in msg
     with pytest.raises(FileNotFoundError, match="nope-train.csv"):
         read_split(tmp_path / "nope-train.csv", TASKS["sst"])
 
@@ -265,18 +265,18 @@ def test_load_task_data(tmp_path, tok):
     assert sum("absent" in line and "test" in line for line in logs) == 2
     logs.clear()
     load_task_data(data_config("sst", d, tmp_path / "cache", **short), tok, ["train"], logs.append)
-    assert logs[0].endswith("(cached)")
+    assert logs[0] == f"sst: files in {d}/" and logs[1].endswith("(cached)")
     # The encoding of a pair task is the config's (`heads.sts_encoding`, bi by default).
     bi = load_task_data(data_config("sts", d, data__files={"sts": {"train": "my-sts.csv"}}, **short), tok,
                         ["train"], logs.append)
     assert bi["sts"]["train"].bi_encoded
 
     with pytest.raises(FileNotFoundError, match="sts-dev.csv"):
-        load_task_data(data_config("sts", d, **short), tok, ["dev"], logs.append)
+        load_task_data(data_config("sts", d, data__source="local", **short), tok, ["dev"], logs.append)
     # What load_task_data checked of its arguments is the config's rules now.
     with pytest.raises(ConfigError, match=re.escape("heads.sts_encoding is 'siamese'; allowed: cross, bi")):
         data_config("sts", d, heads__sts_encoding="siamese", **short)
-    with pytest.raises(ConfigError, match=re.escape("tasks ['quora'] must be a non-empty subset of sst, cfimdb")):
+    with pytest.raises(ConfigError, match=re.escape("tasks ['quora'] must be a non-empty subset of the known tasks: sst")):
         data_config("quora", d, **short)
     with pytest.raises(ConfigError, match=re.escape("data.files.quora: 'quora' is not a task")):
         data_config("sst", d, data__files={"quora": {"train": "x.csv"}}, **short)
@@ -315,6 +315,71 @@ def test_read_hf_split(monkeypatch):
     assert calls[1] == ("nyu-mll/glue", "qqp", "test")
     with pytest.raises(ValueError, match="cfimdb"):
         read_hf_split(TASKS["cfimdb"], "train")
+
+
+def test_auto_source_takes_local_files_when_there_else_the_hub(tmp_path, tok, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def fake_load(name, config=None, split=None):
+        calls.append((name, config, split))
+        return datasets.Dataset.from_dict({"sentence1": ["x", "y"], "sentence2": ["z", "w"], "score": [1.0, 0.2]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    d = tmp_path / "data"
+    d.mkdir()
+    write_tsv(d / "ids-sst-train.csv", SST_HEADER, "0\ti0\tgood\t4")
+    write_tsv(d / "ids-sst-dev.csv", SST_HEADER, "0\td0\tok\t2")
+    logs = []
+    out = load_task_data(data_config("sst,sts", d), tok, ["train", "dev"], logs.append)
+    assert out["sst"]["train"].ids.tolist() == ["i0"] and np.allclose(out["sts"]["dev"].labels, [5.0, 1.0])
+    assert calls == [("sentence-transformers/stsb", None, "train"), ("sentence-transformers/stsb", None, "validation")]
+    assert f"sst: files in {d}/" in logs
+    assert f"sts: {d / 'sts-train.csv'} absent, reading the Hugging Face dataset sentence-transformers/stsb" in logs
+    # `local` keeps its strict meaning: no Hub, the missing file named with where the files go.
+    with pytest.raises(FileNotFoundError) as err:
+        load_task_data(data_config("sts", d, data__source="local"), tok, ["train"], logs.append)
+    assert str(err.value) == (f"sts train file not found: {d / 'sts-train.csv'}; put its files sts-train.csv, "
+                              f"sts-dev.csv, sts-test-student.csv (test optional) in {d}/ or pass --data-dir DIR, or "
+                              "read its Hugging Face source sentence-transformers/stsb with --data.source=hf (needs "
+                              "the network)")
+    assert len(calls) == 2
+
+
+def test_no_local_files_and_no_network_says_where_the_files_go(tmp_path, tok, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # the Hub unreachable, at once
+    with pytest.raises(ConnectionError) as err:
+        load_task_data(data_config("para", tmp_path), tok, ["train"], lambda _: None)
+    message = str(err.value)
+    assert message.startswith("para: cannot download nyu-mll/glue from the Hugging Face Hub")
+    assert (f"put its files quora-train.csv, quora-dev.csv, quora-test-student.csv (test optional) in {tmp_path}/"
+            in message)
+    assert "--data-dir DIR" in message and "--data.source=hf" in message
+
+
+def test_id_column_is_optional_and_the_delimiter_the_tasks(tmp_path):
+    config = load_config(None, {"tasks": "mine", "task_defs": {"mine": {
+        "kind": "classification", "num_classes": 3, "text": ["review"], "label": "stars", "delimiter": ",",
+        "files": {"train": "mine.csv"}}}})
+    task = config.task("mine")
+    path = write_tsv(tmp_path / "mine.csv", "stars,review,extra", "2,fine,x", "5,too high,x", "0,meh,x")
+    examples = read_split(path, task)
+    assert examples.ids == ["1", "3"] and examples.texts == ["fine", "meh"] and examples.labels.tolist() == [2, 0]
+    assert examples.skipped == {"label out of range": 1}
+    with pytest.raises(ValueError) as err:
+        read_split(write_tsv(tmp_path / "tabs.csv", "stars\treview", "1\tok"), task, require_labels=True)
+    assert str(err.value) == (f"{tmp_path / 'tabs.csv'}: missing column(s) ['review', 'stars']; mine reads the "
+                              "columns ['review', 'stars'] (the label is optional in a test file) and an optional "
+                              "id, ','-separated; the header has ['stars\\treview']")
+
+
+def test_undecodable_file_is_one_clear_error(tmp_path):
+    path = tmp_path / "ids-sst-dev.csv"
+    path.write_bytes(f"{SST_HEADER}\n0\ti0\tcaf\xe9\t2\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=re.escape(f"{path}: not UTF-8 text (byte ") + r"\d+\): save it as UTF-8"):
+        read_split(path, TASKS["sst"])
+    with pytest.raises(FileNotFoundError, match=re.escape(f"sst data file not found: {tmp_path}")):
+        read_split(tmp_path, TASKS["sst"])  # a folder is not a data file
 
 
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"course data not found at {REAL_DATA}")

@@ -70,7 +70,12 @@ def test_summarize():
     assert s["sst"] == {"accuracy": 0.5} and "overall" not in dev  # input not modified
     assert summarize(s) == s  # idempotent
 
+    # Any set of tasks: the mean of accuracies and rescaled correlations (here sst and sts alone).
     partial = summarize({"sst": {"accuracy": 0.4}, "sts": {"pearson": 0.2}})
-    assert "overall" not in partial
+    assert partial["overall"] == pytest.approx((0.4 + 0.6) / 2)
     assert partial["mean"] == pytest.approx(0.3)
-    assert "mean" not in summarize({})
+    assert summarize({"mine": {"pearson": -1.0}})["overall"] == 0.0
+    assert "mean" not in summarize({}) and "overall" not in summarize({})
+    # An auxiliary task is reported but counts in neither score.
+    aux = summarize({**dev, "tweet": {"accuracy": 0.0}}, auxiliary={"tweet"})
+    assert aux["overall"] == pytest.approx(s["overall"]) and aux["tweet"] == {"accuracy": 0.0}

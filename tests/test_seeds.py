@@ -190,3 +190,17 @@ def test_vmapped_seeds_of_a_staged_run(workspace):  # noqa: F811
     assert_tree_close(restore(folder, "best")[0]["params"], restore(single["config"]["out"], "best")[0]["params"],
                        **TOLERANCE)
     assert by_seed[3]["metrics"] != by_seed[4]["metrics"]
+
+
+def test_predict_py_on_one_seed_of_a_vmapped_run(vmapped, workspace, tmp_path, capsys):  # noqa: F811
+    import predict
+
+    data = workspace[1]
+    folder = vmapped / "seed4"
+    output = tmp_path / "sts-dev.csv"
+    predict.main([str(folder), "--task", "sts", "--input", str(data / "sts-dev.csv"), "--output", str(output)])
+    assert output.read_text() == (folder / "predictions" / "sts-dev-output.csv").read_text()
+    with pytest.raises(SystemExit) as exit_:
+        predict.main([str(vmapped), "--task", "sst", "A film ."])
+    assert str(exit_.value) == (f"predict.py: error: {vmapped} is a run of 2 seeds: pass one seed's folder, "
+                                f"{vmapped / 'seed3'} say")

@@ -54,7 +54,7 @@ def test_single_task_cfimdb(workspace):
     _, _, root = workspace
     results = train_and_evaluate(run_config(workspace, root / "cfimdb", "--tasks=cfimdb", "--epochs=1"),
                                  log=lambda _: None)
-    assert set(results["metrics"]["dev"]) == {"cfimdb", "mean"}
+    assert set(results["metrics"]["dev"]) == {"cfimdb", "mean", "overall"}
     predictions = (root / "cfimdb" / "predictions" / "cfimdb-dev-output.csv").read_text().splitlines()[1:]
     assert {line.split(" , ")[1].strip() for line in predictions} <= {"0", "1"}
 
