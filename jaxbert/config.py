@@ -55,7 +55,7 @@ class HeadsConfig:
     task_hidden_layers: dict[str, int] = dataclasses.field(default_factory=dict)  # per-task overrides: {sts: 1}
     hidden_size: int | None = None  # their width (None: the encoder's hidden size)
     activation: str = "relu"  # relu | gelu | tanh | squared_relu
-    classifier_activation: str = "none"  # none or one of those, on the sentiment logits (report 001: squared_relu)
+    classifier_activation: str = "none"  # none or one of those, on every softmax classifier's logits (report 001)
     para_prompt: str | None = None  # text placed before a cross-encoded paraphrase pair
     pal_size: int = 0  # projected attention layers: each task's low-rank attention width (0: off; 204 in the paper)
     pal_heads: int = 12
@@ -622,6 +622,8 @@ def validate(config: Config) -> None:
 
 
 TASK_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+# Names the model's params or the dev metrics already use: a task of that name would collide with them.
+RESERVED_NAMES = ("bert", "dropout", "head", "pal", "overall", "mean")
 
 
 def _validate_task_def(name: str, d: TaskDef) -> None:
@@ -630,6 +632,9 @@ def _validate_task_def(name: str, d: TaskDef) -> None:
     _check(name not in task_registry.TASKS, f"{where}: {name!r} is a built-in task; give yours another name")
     _check(bool(TASK_NAME.fullmatch(name)), f"{where}: a task name must start with a letter and hold only letters, "
                                             "digits, '_' and '-' (it names files)")
+    _check(name not in RESERVED_NAMES and not name.startswith("pal_"),
+           f"{where}: {name!r} is taken by the model's parameters or the dev metrics ({', '.join(RESERVED_NAMES)}, "
+           "pal_*); give the task another name")
     _check(d.kind in choices.TASK_KINDS, f"{where}.kind " + ("is missing" if not d.kind else f"is {d.kind!r}")
            + f"; allowed: {', '.join(choices.TASK_KINDS)}")
     _check(len(d.text) in (1, 2) and all(c.strip() for c in d.text) and len(set(d.text)) == len(d.text),
@@ -656,7 +661,8 @@ def _validate_task_def(name: str, d: TaskDef) -> None:
         _check(not d.num_classes and not d.binary, f"{where}.num_classes and binary are for classification tasks")
     _check(d.encoding is None or (len(d.text) == 2 and d.encoding in choices.PAIR_ENCODINGS),
            f"{where}.encoding {d.encoding!r}: only a pair task (two text columns) has one, cross or bi")
-    _check(len(d.delimiter) == 1, f"{where}.delimiter must be one character, got {d.delimiter!r}")
+    _check(len(d.delimiter) == 1 and d.delimiter not in '"\r\n',
+           f"{where}.delimiter must be one character other than a quote or a line break, got {d.delimiter!r}")
     if d.hf is not None:
         _check(bool(d.hf.dataset.strip()), f"{where}.hf.dataset is missing: the Hugging Face dataset's name")
         _check(set(d.hf.splits) <= set(task_registry.SPLITS),
@@ -675,6 +681,10 @@ def _validate_model_and_data(config: Config) -> None:
     _check(bool(data.buckets) and min(data.buckets) > 0 and max(data.buckets) == data.max_length,
            f"data.buckets {data.buckets} must be positive lengths, data.max_length {data.max_length} the largest "
            "(every example fits one)")
+    hubless = [t.name for t in config.run_tasks if t.hub is None]
+    _check(data.source != "hf" or not hubless,
+           f"data.source 'hf' reads every task from its Hugging Face source, and {', '.join(hubless)} has none: use "
+           "data.source auto or local, or give a task_defs entry an hf: source")
     for task, files in data.files.items():
         _check(task in config.known_tasks, f"data.files.{task}: {task!r} is not a task; known: "
                                            f"{', '.join(config.known_tasks)}")

@@ -246,7 +246,7 @@ def read_hf_split(task: Task, split: str) -> Examples:
         ds = datasets.load_dataset(hub.dataset, hub.config, split=hub_split)
     except ConnectionError as e:
         raise OfflineError(f"{task.name}: cannot download {hub.dataset} from the Hugging Face Hub ({e})") from None
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError, datasets.exceptions.DatasetsError) as e:  # not found, gated, HTTP errors, ...
         raise DataError(f"{task.name}: cannot load the Hugging Face dataset {hub.dataset}"
                         f"{' (' + hub.config + ')' if hub.config else ''}, split {hub_split}: {e}") from None
     text_columns = [hub.columns[c] for c in task.text]

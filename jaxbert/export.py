@@ -15,7 +15,8 @@ The run's best checkpoint (`jaxbert.runs.load_run`) becomes:
                                    a sentence-transformers model giving the run's sentence embeddings
 
 The sentence embeddings are those of the run's task "sts", else of its first regression task, else of its first
-task: that task's pooling of the encoder output, then its learned projection when the run has one
+task, among the tasks that embed one sentence at a time (a cross-encoded pair's embedding is the pair's): that
+task's pooling of the encoder output, then its learned projection when the run has one
 (`HeadsConfig.projects`), one `Dense` module per layer of the projection's MLP (the run's activation between
 them, none after the last). BERT's tanh pooler has no sentence-transformers pooling mode, nor squared ReLU a
 torch.nn module, so a run using either gets no sentence-transformers files (the log says so). A run with PALs
@@ -178,12 +179,13 @@ def head_input(config: Config, owner: Task) -> str:
     return "cosine_features" if owner.kind == "regression" else "pair_features"
 
 
-def embedding_task(config: Config) -> Task:
-    """The task whose sentence embeddings the sentence-transformers model gives: sts, else the first regression
-    task, else the first task."""
-    tasks = config.run_tasks
+def embedding_task(config: Config) -> Task | None:
+    """The task whose sentence embeddings the sentence-transformers model gives: among the tasks that embed
+    sentences one at a time (single sentences, bi-encoded pairs, triplets; a cross-encoded pair's embedding is
+    the pair's), sts, else the first regression task, else the first; None when no task embeds single sentences."""
+    tasks = [task for task in config.run_tasks if config.heads.encoding(task) != "cross"]
     regression = [task for task in tasks if task.kind == "regression"]
-    return next((task for task in tasks if task.name == "sts"), regression[0] if regression else tasks[0])
+    return next((task for task in tasks if task.name == "sts"), (regression or tasks or [None])[0])
 
 
 def projection_layers(run: TrainedRun, task: Task) -> list[tuple[np.ndarray, np.ndarray, str | None]]:
@@ -204,6 +206,10 @@ def write_sentence_transformers(out: Path, run: TrainedRun, log: Callable[[str],
     from safetensors.numpy import save_file
 
     task = embedding_task(run.config)
+    if task is None:
+        log("skipped the sentence-transformers files: every task of the run cross-encodes its pairs, so none "
+            "embeds a sentence on its own")
+        return ""
     pooling = run.config.heads.pooling(task)
     if pooling == "pooler":
         log(f"skipped the sentence-transformers files: task {task.name}'s embeddings pool with 'pooler' (BERT's "

@@ -64,7 +64,7 @@ def load_run(folder: str | Path) -> TrainedRun:
         raise MissingFileError(f"{folder} is not a run folder: it has no config.yaml")
     config = load_config(folder / "config.yaml")
     if config.train.seeds > 1:
-        raise MissingFileError(f"{folder} is a run of {config.train.seeds} seeds: pass one seed's folder, "
+        raise UserError(f"{folder} is a run of {config.train.seeds} seeds: pass one seed's folder, "
                                f"{folder / f'seed{config.train.seed}'} say")
     encoder = folder / ENCODER_DIR
     if not (encoder / "config.json").is_file() or not (encoder / "vocab.txt").is_file():

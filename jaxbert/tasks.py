@@ -4,7 +4,7 @@ Every other module reads these attributes instead of keeping a table of its own,
 A `Task` is plain data (no JAX), the bottom of the library's layers:
 
     tasks → config → model, heads, losses, smart, gradients, optim, samplers, data → train_step → build
-    → training → experiments and the entry scripts.
+    → training → runs, export → experiments and the entry scripts.
 
 Kinds:
   classification  integer labels; the head has `num_classes` logits and a softmax cross-entropy, or with

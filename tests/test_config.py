@@ -341,6 +341,7 @@ def test_task_defs_define_tasks_like_the_builtins(tmp_path):
     ({**MYSIM, "label_range": None}, "task_defs.mine.label_range must be [lo, hi]"),
     ({**MYSIM, "num_classes": 3}, "task_defs.mine.num_classes and binary are for classification tasks"),
     ({**IMDB, "delimiter": ";;"}, "task_defs.mine.delimiter must be one character"),
+    ({**IMDB, "delimiter": '"'}, "task_defs.mine.delimiter must be one character other than a quote or a line break"),
     ({**IMDB, "hf": {"dataset": "x", "columns": {"body": "text"}}}, "task_defs.mine.hf.columns maps ['body']"),
     ({**IMDB, "colour": "red"}, "unknown config key 'task_defs.mine.colour'"),
     ({**IMDB, "num_classes": "two"}, "task_defs.mine.num_classes: expected an integer, got 'two'"),
@@ -355,6 +356,12 @@ def test_task_def_names_and_references():
         load_config(None, {"task_defs": {"sst": IMDB}})
     with pytest.raises(ConfigError, match=re.escape("task_defs.my task: a task name must start with a letter")):
         load_config(None, {"task_defs": {"my task": IMDB}})
+    for taken in ("bert", "overall", "pal_sst"):  # a params key or a dev metric of its own
+        with pytest.raises(ConfigError, match=re.escape(f"task_defs.{taken}: {taken!r} is taken by the model's")):
+            load_config(None, {"task_defs": {taken: IMDB}})
+    with pytest.raises(ConfigError, match=re.escape("data.source 'hf' reads every task from its Hugging Face source, "
+                                                    "and cfimdb, imdb has none")):
+        load_config(None, {"tasks": "sst,cfimdb,imdb", "task_defs": {"imdb": IMDB}, "data.source": "hf"})
     with pytest.raises(ConfigError, match=re.escape("tasks ['imbd'] must be a non-empty subset of the known tasks: "
                                                     "sst, cfimdb, para, sts, nli, tweet, imdb")):
         load_config(None, {"tasks": "imbd", "task_defs": {"imdb": IMDB}})
