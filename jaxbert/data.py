@@ -518,6 +518,16 @@ def missing_files_hint(config: Config, task: Task) -> str:
             f"{hub}")
 
 
+def encode_for_run(config: Config, examples: Examples, tokenizer: BertTokenizer, cache_dir: str | None = None,
+                   split_name: str | None = None) -> Encoded:
+    """`encode_split` of `examples` as a run of `config` encodes them: its `max_length`, and a pair task's
+    encoding and prompt from `config.heads`."""
+    task = examples.task
+    return encode_split(examples, tokenizer, max_length=config.data.max_length,
+                        pair_encoding=config.heads.encoding(task) if task.is_pair else "cross",
+                        prompt=config.heads.prompt(task), cache_dir=cache_dir, split_name=split_name)
+
+
 def load_task_data(config: Config, tokenizer: BertTokenizer, splits: Iterable[str] = SPLITS,
                    log: Callable[[str], None] = print) -> dict[str, dict[str, Encoded]]:
     """Read, validate and encode every ``(task, split)`` of the run: its `config.tasks` from `config.data`
@@ -562,9 +572,7 @@ def load_task_data(config: Config, tokenizer: BertTokenizer, splits: Iterable[st
                     raise MissingFileError(f"{task.name} {split} file not found: {path or 'none named'}; "
                                            f"{missing_files_hint(config, task)}")
                 examples = read_split(path, task, require_labels=split != "test")
-            enc = encode_split(examples, tokenizer, max_length=data.max_length,
-                               pair_encoding=config.heads.encoding(task) if task.is_pair else "cross",
-                               prompt=config.heads.prompt(task), cache_dir=data.cache_dir, split_name=split)
+            enc = encode_for_run(config, examples, tokenizer, data.cache_dir, split)
             log(f"{task.name} {split}: {examples.summary()}; {enc.num_truncated:,} truncated to {data.max_length} "
                 "tokens" + (" (cached)" if enc.cached else ""))
             out[task.name][split] = enc

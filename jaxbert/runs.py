@@ -100,9 +100,7 @@ def predict(run: TrainedRun, examples: data_lib.Examples, batch_size: int | None
     """The run's predictions of `examples` (of one of its tasks), in their order: class ids, 0/1 or scores,
     batched by length bucket and jitted as in training."""
     config, task = run.config, examples.task
-    encoded = data_lib.encode_split(examples, BertTokenizer(run.vocab), max_length=config.data.max_length,
-                                    pair_encoding=config.heads.encoding(task) if task.is_pair else "cross",
-                                    prompt=config.heads.prompt(task))
+    encoded = data_lib.encode_for_run(config, examples, BertTokenizer(run.vocab))
     mesh = data_mesh()
     predictor = build.predict_steps(run.model, mesh)[task.name]
     outputs = predict_split(encoded, predictor, replicate(stack_seeds([run.params]), mesh), mesh,
