@@ -20,6 +20,7 @@ EPOCH_LENGTHS = ("min", "max", "steps")
 LOSS_COMBINATIONS = ("sum", "mean", "weights", "balanced")
 SCHEDULES = ("constant", "linear")
 UPDATES = ("joint", "per_task")
+NONFINITE = ("stop", "skip")  # what a step with a non-finite loss or gradient does to the run
 SURGERIES = ("none", "pcgrad", "pcgrad_two_updates", "gradvac", "cagrad", "mgda", "imtl_g")
 CLASSIFICATION_LOSSES = ("ce", "ordinal")  # `losses.sst`: the loss of every softmax classification head
 STS_LOSSES = ("mse", "cosine_embedding")

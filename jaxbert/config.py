@@ -4,18 +4,24 @@
 Its sections are the specs the library takes (`MultitaskBert` reads `HeadsConfig`, the step `TrainConfig`,
 `LossConfig` and `SmartConfig`), so every field is declared once. It imports no JAX, and of jaxbert only the
 task registry and the choice lists. An unknown key or a value of the wrong type is an error naming it with its
-path (`stages[1].lr`). On the command line a field is `--section.key=value` (`--train.lr=3e-5`); the short forms
-are the explicit `ALIASES` (`--lr=3e-5`) and `SHORTHANDS` (`--pcgrad`), and an unknown name is an error that
-suggests the closest keys. A run's `stages` and the user's own tasks (`task_defs`, each a `TaskDef` that becomes
-a `Task` like the built-ins') are set in YAML.
+path (`stages[1].lr`). On the command line a field is `--section.key=value` (`--train.lr=3e-5`) and an item of a
+mapping `--train.loss_weights.sst=2`; the short forms are the explicit `ALIASES` (`--lr=3e-5`) and `SHORTHANDS`
+(`--pcgrad`), and an unknown name is an error that suggests the closest keys. A run's `stages` are set in YAML, the
+user's own tasks (`task_defs`, each a `TaskDef` that becomes a `Task` like the built-ins') there or a field at a
+time. The comment on a field is its documentation: `help_text` (`python train.py --help`) reads it from the source.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import inspect
+import io
 import math
 import re
+import textwrap
+import tokenize
 import types
 import typing
 from pathlib import Path
@@ -31,12 +37,12 @@ from jaxbert.tasks import HubSource, Task
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    checkpoint: str = "checkpoints/bert-base-uncased"  # converted folder, Hugging Face folder or Hub id
-    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+    checkpoint: str = "checkpoints/bert-base-uncased"  # a converted folder, a Hugging Face folder or a Hub id
+    dtype: str = "float32"  # compute dtype (params stay float32)
     freeze_encoder: bool = False  # train the heads only
-    hidden_dropout: float | None = None  # override the checkpoint's dropout rates
-    attention_dropout: float | None = None  # 0 lets training use the fused attention kernel too
-    attention: str = "auto"  # auto | xla | cudnn: kernel of dropout-free attention (auto: cuDNN on GPU in bf16)
+    hidden_dropout: float | None = None  # the encoder's hidden dropout rate (null: the checkpoint's)
+    attention_dropout: float | None = None  # (null: the checkpoint's; 0: fused kernels in training too)
+    attention: str = "auto"  # kernel of dropout-free attention (auto: cuDNN on GPU in bf16)
     remat: bool = False  # recompute each encoder layer's activations in the backward pass (less memory)
 
 
@@ -44,22 +50,22 @@ class ModelConfig:
 class HeadsConfig:
     """The heads on the shared encoder: how each task's sentences are encoded and pooled, and what reads them."""
 
-    dropout: float = 0.1
-    sst_pooling: str = "cls"  # cls | pooler | mean | max: every single-sentence task
-    pair_pooling: str = "cls"  # the sentences of pairs and triplets
-    para_encoding: str = "cross"  # cross | bi
-    sts_encoding: str = "bi"  # bi | cross
-    sts_head: str = "cosine"  # cosine | sigmoid_cosine | cosine_concat | linear (the only choice with cross encoding)
+    dropout: float = 0.1  # on the pooled embeddings each head reads
+    sst_pooling: str = "cls"  # pooling of every single-sentence task
+    pair_pooling: str = "cls"  # pooling of the sentences of pairs and triplets
+    para_encoding: str = "cross"  # para's pairs: both sentences in one input (cross) or each alone (bi)
+    sts_encoding: str = "bi"  # sts's pairs: both sentences in one input (cross) or each alone (bi)
+    sts_head: str = "cosine"  # sts's head (linear: the only choice with cross encoding)
     cosine_scale: float = 20.0  # sigmoid_cosine: 5·sigmoid(scale·cos(u, v)), 20 in report 002
     hidden_layers: int = 0  # MLP hidden layers before each head's output layer (0: linear heads)
-    task_hidden_layers: dict[str, int] = dataclasses.field(default_factory=dict)  # per-task overrides: {sts: 1}
+    task_hidden_layers: dict[str, int] = dataclasses.field(default_factory=dict)  # per task: {sts: 1}
     hidden_size: int | None = None  # their width (None: the encoder's hidden size)
-    activation: str = "relu"  # relu | gelu | tanh | squared_relu
-    classifier_activation: str = "none"  # none or one of those, on every softmax classifier's logits (report 001)
+    activation: str = "relu"  # of the heads' hidden layers
+    classifier_activation: str = "none"  # on every softmax classifier's logits (report 001)
     para_prompt: str | None = None  # text placed before a cross-encoded paraphrase pair
     pal_size: int = 0  # projected attention layers: each task's low-rank attention width (0: off; 204 in the paper)
-    pal_heads: int = 12
-    pal_function: str = "attention"  # attention | identity: g of TS(h) = V^D g(V^E h) (report 004: identity)
+    pal_heads: int = 12  # attention heads of each projected attention layer
+    pal_function: str = "attention"  # g of TS(h) = V^D g(V^E h) (report 004: identity)
 
     def encoding(self, task: Task) -> str:
         """single | cross | bi | triplet: the task's own, or for the course's pair tasks their switch."""
@@ -98,43 +104,58 @@ class HeadsConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    data_dir: str = "data"
-    source: str = "auto"  # auto (per task: the files in data_dir, else its Hugging Face source) | local | hf
-    files: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # {sst: {train: path}} overrides
-    max_length: int = 128
-    buckets: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 128])
-    cache_dir: str | None = "data/.cache"
+    data_dir: str = "data"  # the folder of the tasks' files
+    source: str = "auto"  # auto: per task, its files in data_dir, else its Hugging Face source
+    files: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # files of yours: {sst: {train: path}}
+    max_length: int = 128  # tokens of an encoder input (longer ones are truncated)
+    buckets: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 128])  # the lengths a batch pads to
+    cache_dir: str | None = None  # token cache (None: $XDG_CACHE_HOME/jaxbert/tokens or ~/.cache/jaxbert/tokens)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    sampler: str = "roundrobin"  # roundrobin | sequential | proportional | annealed
-    epoch_length: str = "min"  # roundrobin: min | max | steps
-    steps_per_epoch: int | None = None
-    loss_combination: str = "sum"  # sum | mean | weights | balanced
-    loss_weights: dict[str, float] = dataclasses.field(default_factory=dict)
-    surgery: str = "none"  # none | pcgrad | pcgrad_two_updates | gradvac | cagrad | mgda | imtl_g (`--pcgrad`, ...)
+    sampler: str = "roundrobin"  # the tasks of each step: every one, one after another, or drawn by size
+    epoch_length: str = "min"  # roundrobin: the smallest task's batches, the largest's, or steps_per_epoch
+    steps_per_epoch: int | None = None  # for epoch_length steps, or proportional and annealed (null: all batches)
+    loss_combination: str = "sum"  # of the tasks' losses: weights uses loss_weights, balanced ω_t = ΣL / L_t
+    loss_weights: dict[str, float] = dataclasses.field(default_factory=dict)  # per task: {sst: 1, para: 2, sts: 1}
+    surgery: str = "none"  # gradient surgery on the encoder's per-task gradients (`--pcgrad`, ...)
     gradvac_beta: float = 0.01  # EMA rate of GradVac's cosine targets
     updates: str = "joint"  # joint: one optimizer update per step | per_task: one per task's loss, in turn
-    epochs: int = 10
+    epochs: int = 10  # of each stage
     max_steps: int | None = None  # caps each stage, its LR schedule included
     batch_size: int = 32  # per task, across all devices
     accumulation_steps: int = 1  # micro-batches per optimizer step: each task's batch is split into this many
-    eval_batch_size: int = 128
-    lr: float = 2e-5
-    schedule: str = "constant"  # constant | linear (warm-up then linear decay)
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    clip_norm: float | None = None
-    eps: float = 1e-6
+    eval_batch_size: int = 128  # examples per evaluation and prediction batch
+    lr: float = 2e-5  # AdamW's peak learning rate
+    schedule: str = "constant"  # of the learning rate (linear: warm-up, then linear decay to 0)
+    warmup_ratio: float = 0.0  # the share of the updates that warm the learning rate up
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    clip_norm: float | None = None  # the gradient's largest global norm (null: no clipping)
+    eps: float = 1e-6  # AdamW's epsilon
     seed: int = 0  # head initialization and dropout; the batch order too unless `data_seed`
-    seeds: int = 1  # train seeds seed, seed+1, ..., seed+N-1, each into <out>/seed<k>/ (`--seeds N`)
+    seeds: int | list[int] = 1  # N: seed … seed+N-1; a list: those, the first its seed; each into <out>/seed<k>/
     vmap_seeds: bool = False  # train the seeds in one program, vmapped over a seed axis (`--vmap-seeds`)
     data_seed: int | None = None  # seed of the batch order (None: `seed`; in a vmapped run the first seed's)
     group_by_length: int = 0  # sort each run of N batches by length so batches pad little (0: off)
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
-    log_every: int = 10
+    log_every: int = 10  # log the train loss every N steps
     stage_cycles: int = 1  # run the whole list of `stages` this many times
+    nonfinite: str = "stop"  # a step with a non-finite loss or gradient: stop the run, or skip its update
+    max_nonfinite: int = 10  # skip: the run stops after this many skipped steps in a row
+
+    def __post_init__(self):
+        # One form per set of seeds, so the code may take `seed` for the first: a list overrides `seed`, and a
+        # consecutive ascending one is the count it stands for.
+        if isinstance(self.seeds, list) and self.seeds:
+            object.__setattr__(self, "seed", self.seeds[0])
+            if self.seeds == list(range(self.seed, self.seed + len(self.seeds))):
+                object.__setattr__(self, "seeds", len(self.seeds))
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds the run trains, `seed` first."""
+        return parse_seeds(self.seeds, "train.seeds", self.seed)
 
     @property
     def reduction(self) -> str:
@@ -146,15 +167,15 @@ class TrainConfig:
 class LossConfig:
     """What each task's loss is made of, beyond its head's default (see `jaxbert.losses.task_loss`)."""
 
-    sst: str = "ce"  # ce | ordinal: the loss of every softmax classification head (sst, cfimdb, tweet)
-    label_smoothing: float = 0.0  # for ce
+    sst: str = "ce"  # the loss of every softmax classification head (sst, cfimdb, tweet)
+    label_smoothing: float = 0.0  # of ce
     ordinal_alpha: float = 1.0  # OLL's distance exponent
     supcon_weight: float = 0.0  # supervised contrastive loss on two dropout views of each sentiment batch
-    supcon_temperature: float = 0.07
+    supcon_temperature: float = 0.07  # its temperature
     simcse_weight: float = 0.0  # unsupervised SimCSE on two dropout views of `simcse_tasks`' sentences
-    simcse_tasks: list[str] = dataclasses.field(default_factory=lambda: ["sst"])
+    simcse_tasks: list[str] = dataclasses.field(default_factory=lambda: ["sst"])  # whose sentences SimCSE sees
     simcse_temperature: float = 0.05  # also nli's supervised SimCSE
-    sts: str = "mse"  # mse | cosine_embedding: sts's loss (on the pair's embeddings, report 002)
+    sts: str = "mse"  # sts's loss (cosine_embedding: on the pair's embeddings, report 002)
     cosine_embedding_threshold: float = 2.5  # an STS pair scored at least this is a positive
     cosine_embedding_margin: float = 0.0  # negatives cost max(0, cos − margin)
 
@@ -178,15 +199,15 @@ class LossConfig:
 class SmartConfig:
     """SMART (Jiang et al. 2020); the defaults are the paper's (σ = ε = 1e-5, η = 1e-3, K = 1, β = 0.99)."""
 
-    enabled: bool = False  # `--smart`
+    enabled: bool = False  # the smoothness term and its Bregman proximal point (`--smart`)
     weight: float = 1.0  # λ_s
     noise_std: float = 1e-5  # σ of the initial perturbation δ₀ ~ N(0, σ²)
     step_size: float = 1e-3  # η of each ascent step
     epsilon: float = 1e-5  # ε, radius of the perturbation ball
     steps: int = 1  # K ascent steps (0: the random start alone)
     samples: int = 1  # random starts, the largest divergence kept per example (report 001: 7)
-    norm: str = "inf"  # inf | l2: the ball and the gradient normalization
-    ascent: str = "projected"  # projected (the paper) | normalized (smart-pytorch: ε guards a division)
+    norm: str = "inf"  # of the ball and the gradient normalization
+    ascent: str = "projected"  # projected: the paper's | normalized: smart-pytorch's (ε guards a division)
     bregman_weight: float = 1.0  # μ (0: no proximal term and no teacher)
     teacher_momentum: float = 0.99  # β of the EMA teacher θ̃ ← β θ̃ + (1 − β) θ
     tasks: list[str] | None = None  # the tasks regularized (None: every one with a prediction; report 001: [sst])
@@ -205,7 +226,8 @@ class SmartConfig:
 @dataclasses.dataclass(frozen=True)
 class StageConfig:
     """One stage of a staged run. Every `None` field inherits the run's value: `tasks` the top-level list,
-    `freeze_encoder` `model.freeze_encoder`, the others the `train` field of the same name."""
+    `freeze_encoder` `model.freeze_encoder`, the others the `train` field of the same name (but a stage of one
+    task trains without surgery: `resolve_stage`)."""
 
     name: str = ""  # "" names it stage<k>, k its 1-based position in `stages`
     tasks: list[str] | None = None  # a subset of the run's tasks (the model has one head per run task)
@@ -213,7 +235,7 @@ class StageConfig:
     epoch_length: str | None = None
     steps_per_epoch: int | None = None
     epochs: int | None = None
-    max_steps: int | None = None  # caps this stage, its LR schedule included
+    max_steps: int | None = None
     lr: float | None = None
     batch_size: int | None = None
     freeze_encoder: bool | None = None
@@ -226,11 +248,11 @@ class HubConfig:
     """A user task's Hugging Face source: `columns` maps each of the task's columns (text and label) to the
     dataset's (a column it leaves out has the same name there), `splits` each of ours to the dataset's."""
 
-    dataset: str = ""
-    config: str | None = None
+    dataset: str = ""  # its Hub id, owner/name
+    config: str | None = None  # its configuration, if it has several
     splits: dict[str, str] = dataclasses.field(
-        default_factory=lambda: {"train": "train", "dev": "validation", "test": "test"})
-    columns: dict[str, str] = dataclasses.field(default_factory=dict)
+        default_factory=lambda: {"train": "train", "dev": "validation", "test": "test"})  # ours: the dataset's
+    columns: dict[str, str] = dataclasses.field(default_factory=dict)  # ours: the dataset's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,9 +268,9 @@ class TaskDef:
     label_range: list[float] | None = None  # regression: [lo, hi]; labels outside are skipped and counted
     encoding: str | None = None  # pairs: cross | bi (default cross)
     binary: bool = False  # 2 classes as one logit and a sigmoid cross-entropy, as para's head (default: 2 logits)
-    delimiter: str = "\t"
+    delimiter: str = "\t"  # the files' field separator
     auxiliary: bool = False  # trained and reported, counted in no aggregate score
-    hf: HubConfig | None = None
+    hf: HubConfig | None = None  # its Hugging Face source
 
     def task(self, name: str) -> Task:
         """The task this entry defines under `name`."""
@@ -264,18 +286,28 @@ class TaskDef:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """Several processes (hosts) training one run, joined by `jax.distributed.initialize` (`jaxbert.distributed`)."""
+
+    auto: bool = False  # let JAX find the processes itself: SLURM, Open MPI, Cloud TPU, Kubernetes
+    coordinator_address: str | None = None  # host:port of process 0, which every process reaches
+    num_processes: int | None = None  # how many processes take part
+    process_id: int | None = None  # this process's rank, 0 .. num_processes-1 (0 writes the run folder)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
-    tasks: list[str] = dataclasses.field(default_factory=lambda: ["sst", "para", "sts"])
+    tasks: list[str] = dataclasses.field(default_factory=lambda: ["sst", "para", "sts"])  # in order: built-in or yours
     task_defs: dict[str, TaskDef] = dataclasses.field(default_factory=dict)  # the user's own tasks, by name
-    out: str = "runs/default"
-    resume: bool = False
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    heads: HeadsConfig = dataclasses.field(default_factory=HeadsConfig)
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    losses: LossConfig = dataclasses.field(default_factory=LossConfig)
-    smart: SmartConfig = dataclasses.field(default_factory=SmartConfig)
+    out: str = "runs/default"  # the run folder
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)  # the encoder
+    heads: HeadsConfig = dataclasses.field(default_factory=HeadsConfig)  # what reads the encoder, per task
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)  # the tasks' files and their encoding
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)  # sampling, optimizer, surgery, seeds
+    losses: LossConfig = dataclasses.field(default_factory=LossConfig)  # what each task's loss is made of
+    smart: SmartConfig = dataclasses.field(default_factory=SmartConfig)  # SMART (Jiang et al. 2020)
     stages: list[StageConfig] = dataclasses.field(default_factory=list)  # empty: one stage, the run's own settings
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)  # several processes
 
     def task(self, name: str) -> Task:
         """The task named `name`: one of `task_defs`, or a built-in."""
@@ -310,8 +342,21 @@ def _field_types(cls) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+# The words a boolean takes, in a file or on the command line.
+BOOLEANS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+
+
+def _flow(value: str, key: str) -> Any:
+    """A list or mapping given on the command line in YAML's flow style: `[0, 1, 5]`, `{sst: 1, para: 2}`."""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise ConfigError(f"{key}: {value!r} is not YAML flow style, such as [0, 1] or {{sst: 1, para: 2}}") from None
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Checks `value` against the annotation `tp`, converting strings from the command line."""
+    """Checks `value` against the annotation `tp`, converting strings from the command line: a list is
+    `a,b,c` or `[a, b, c]`, a mapping `{name: value, ...}`."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
@@ -326,21 +371,23 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(errors[0])
     if origin is list:
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
+            value = _flow(value, key) if value.lstrip().startswith("[") else [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
+    if origin is dict or _is_dataclass_type(tp):
+        if isinstance(value, str):
+            value = _flow(value, key) if value.strip() else {}
+        if _is_dataclass_type(tp):
+            return _build(tp, value, key)
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping ({{name: value, ...}}), got {value!r}")
         return {_coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
-    if _is_dataclass_type(tp):
-        return _build(tp, value, key)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, str) and value.lower() in BOOLEANS:
+            return BOOLEANS[value.lower()]
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -365,6 +412,24 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     raise TypeError(f"{key}: unsupported annotation {tp}")
+
+
+def parse_seeds(value: Any, where: str = "train.seeds", first: int = 0) -> list[int]:
+    """The seeds `value` names, the one meaning of `train.seeds` and of a suite's `seeds:` and `--seeds`: a number
+    N (`3`, `"3"`) is the N seeds `first` … `first+N-1`, a list (`[0, 1, 5]`, `"0,1,5"`) exactly those (distinct,
+    non-negative). A ConfigError names `where`."""
+    try:
+        seeds = _coerce(value, int | list[int], where)
+    except ConfigError:
+        raise ConfigError(f"{where} must be a number of seeds (3) or a list of seeds (0,1,5), got {value!r}") from None
+    if isinstance(seeds, int):
+        _check(seeds >= 1, f"{where} must be at least 1, got {seeds}")
+        return list(range(first, first + seeds))
+    _check(bool(seeds), f"{where} must name at least one seed, got []")
+    for seed in seeds:
+        _check(seed >= 0, f"{where}: {seed} is not a non-negative integer")
+    _check(len(set(seeds)) == len(seeds), f"{where}: {seeds} repeats a seed")
+    return seeds
 
 
 def _build(cls, mapping: Any, key: str = ""):
@@ -402,22 +467,58 @@ def save_config(config: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
-def nest(flat: dict[str, Any]) -> dict[str, Any]:
-    """`{"train.lr": 1}` → `{"train": {"lr": 1}}`."""
-    nested: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = nested
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return nested
+def _override(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`data`, a mapping of `Config` fields, with each dotted key of `overrides` set. A field (`train.lr`,
+    `train.loss_weights`) is replaced as a file's is; an item of a mapping field (`train.loss_weights.sst`,
+    `task_defs.mine.hf.dataset`) merges into the mapping `data` holds there, or the field's default."""
+    for key, value in overrides.items():
+        data = _set(Config, data, key.split("."), value, key)
+    return data
+
+
+def _set(tp: Any, node: dict[str, Any], parts: list[str], value: Any, key: str) -> dict[str, Any]:
+    """A copy of `node`, a mapping of annotation `tp` (a dataclass or `dict[str, ...]`), with the path `parts` (the
+    end of `key`) set to `value`. A key that names no field is set all the same: `_build` names it."""
+    tp = _without_none(tp)
+    name, node = parts[0], dict(node)
+    if _is_dataclass_type(tp):
+        child_tp = _field_types(tp).get(name)
+    else:
+        child_tp = typing.get_args(tp)[1] if typing.get_origin(tp) is dict else None
+    if len(parts) == 1:
+        if _is_dataclass_type(child_tp) and isinstance(value, dict) and isinstance(node.get(name), dict):
+            value = _merge(child_tp, node[name], value)
+        node[name] = value
+        return node
+    child = node[name] if name in node else _default(tp, name)
+    where = key[:-len(".".join(parts[1:])) - 1]
+    if isinstance(child, str):  # the mapping as an earlier option gave it: `--task_defs.mine={kind: ...}`
+        child = _flow(child, where) if child.strip() else {}
+    if child is not None and not isinstance(child, dict):
+        raise ConfigError(f"{key}: {where} is {child!r}, not a mapping with items")
+    node[name] = _set(child_tp, child or {}, parts[1:], value, key)
+    return node
+
+
+def _without_none(tp: Any) -> Any:
+    """`X` of an annotation `X | None`."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1 else tp
+
+
+def _default(cls: Any, name: str) -> Any:
+    """The default of `cls`'s mapping field `name` (`{}` for a section, whose `_build` fills in the defaults)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)} if _is_dataclass_type(cls) else {}
+    if name not in fields or _is_dataclass_type(_without_none(_field_types(cls)[name])):
+        return {}
+    field = fields[name]
+    return field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
 
 
 def replace(config: Config, overrides: dict[str, Any]) -> Config:
     """`config` with dotted-key `overrides` (typed as on the command line), not validated: `load_config` and
     `validate` check whole configs."""
-    return _build(Config, _merge(Config, to_dict(config), nest(overrides)))
+    return _build(Config, _override(to_dict(config), overrides))
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -425,7 +526,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     data: dict[str, Any] = {}
     for layer in _yaml_layers(Path(path)) if path else []:
         data = _merge(Config, data, layer)
-    config = _build(Config, _merge(Config, data, nest(overrides or {})))
+    config = _build(Config, _override(data, overrides or {}))
     validate(config)
     return config
 
@@ -441,6 +542,9 @@ def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    if "resume" in data:
+        raise ConfigError(f"{path}: `resume:` is no config key: --resume is a flag of train.py's command line (an "
+                          "older run folder's config.yaml holds `resume: false`: delete that line)")
     base = data.pop("base", None)
     layers = _yaml_layers(path.parent / base, (*seen, path.resolve())) if base else []
     try:
@@ -467,7 +571,7 @@ def leaf_paths(cls=Config, prefix: str = "") -> dict[str, Any]:
 # The short forms of `--section.key`, each the README and `--help` document. A field added later never takes
 # one by accident, so a suite file stays unambiguous.
 ALIASES = {
-    "tasks": "tasks", "out": "out", "resume": "resume",
+    "tasks": "tasks", "out": "out",
     "checkpoint": "model.checkpoint", "dtype": "model.dtype", "freeze_encoder": "model.freeze_encoder",
     "hidden_dropout": "model.hidden_dropout", "attention_dropout": "model.attention_dropout",
     "remat": "model.remat",
@@ -483,18 +587,52 @@ SHORTHANDS = {**{name: ("train.surgery", name) for name in choices.SURGERIES if 
 
 
 def resolve_key(name: str) -> str:
-    """The dotted path of the field `name` stands for: itself, or the `ALIASES` entry it is."""
+    """The dotted path of the setting `name` stands for: a field (`train.lr`), an `ALIASES` entry (`lr`), or an
+    item of a mapping field (`train.loss_weights.sst`, `task_defs.mine.hf.dataset`: item names as written)."""
     key, paths = name.replace("-", "_"), leaf_paths()
     if key in paths:
         return key
     if key in ALIASES:
         return ALIASES[key]
-    raise ConfigError(f"unknown option --{name}{_suggestion(key, paths)}")
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        field = ".".join(parts[:i]).replace("-", "_")
+        if field in paths:
+            return _item_key(name, field, parts[i:])
+    # A key is `section.field` or `field`: what follows is an item, kept on each suggestion.
+    n = 2 if _is_dataclass_type(_field_types(Config).get(parts[0].replace("-", "_"))) else 1
+    head = ".".join(parts[:n]).replace("-", "_")
+    raise ConfigError(f"unknown option --{name}{_suggestion(head, paths, name[len(head):])}")
 
 
-def _suggestion(name: str, paths: dict[str, Any]) -> str:
+def _item_key(name: str, field: str, items: list[str]) -> str:
+    """The path of the item `items` of the mapping field `field` (and of a field of an item that is a dataclass)."""
+    key, tp = field, leaf_paths()[field]
+    for item in items:
+        tp = _without_none(tp)
+        if typing.get_origin(tp) is dict:
+            key, tp = f"{key}.{item}", typing.get_args(tp)[1]
+            continue
+        fields = _field_types(tp) if _is_dataclass_type(tp) else {}
+        if item.replace("-", "_") not in fields:
+            what = f"has the fields {', '.join(fields)}" if fields else f"is a {_type_name(tp)} setting, without items"
+            raise ConfigError(f"unknown option --{name}: {key} {what}")
+        key, tp = f"{key}.{item.replace('-', '_')}", fields[item.replace("-", "_")]
+    return key
+
+
+def _path_type(key: str) -> Any:
+    """The annotation of the setting at the dotted `key` (a `resolve_key` result)."""
+    tp: Any = Config
+    for part in key.split("."):
+        tp = _without_none(tp)
+        tp = _field_types(tp)[part] if _is_dataclass_type(tp) else typing.get_args(tp)[1]
+    return tp
+
+
+def _suggestion(name: str, paths: dict[str, Any], tail: str = "") -> str:
     """`; did you mean --smart.steps, --train.steps_per_epoch?`: the keys named `name`, then those whose name
-    starts with it or contains it, then the closest spellings."""
+    starts with it or contains it, then the closest spellings; each followed by `tail`."""
     leaf = name.rsplit(".", 1)[-1]
     keys = [*paths, *ALIASES]
     named = [k for k in paths if k.rsplit(".", 1)[-1] == leaf]
@@ -502,39 +640,182 @@ def _suggestion(name: str, paths: dict[str, Any]) -> str:
     containing = [k for k in keys if leaf in k.rsplit(".", 1)[-1]]
     close = difflib.get_close_matches(name, keys, n=3, cutoff=0.75)
     found = list(dict.fromkeys([*named, *starting, *containing, *close]))[:5]
-    return f"; did you mean {', '.join('--' + k for k in found)}?" if found else ""
+    return f"; did you mean {', '.join('--' + k + tail for k in found)}?" if found else ""
 
 
-def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
-    """`['--sampler=roundrobin', '--tasks', 'sst', '--pcgrad']` → `{"train.sampler": "roundrobin", ...}`.
+def parse_command_line(argv: Sequence[str], flags: dict[str, type] | None = None
+                       ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`argv` as config overrides, and the calling script's own `flags` (`{"resume": bool, "config": str}`: no
+    config keys, never saved): `['--sampler=roundrobin', '--tasks', 'sst', '--pcgrad', '--resume']` →
+    `({"train.sampler": "roundrobin", "tasks": "sst", "train.surgery": "pcgrad"}, {"resume": True})`.
 
-    Values stay strings here; they are typed when applied.
+    An option is `--name=value` or `--name value`. A boolean one (a bool field, a shorthand, a bool flag) alone
+    is true, and takes one of `BOOLEANS` (`--smart=false`, `--remat true`). Override values stay strings, typed
+    when applied. Two options that give one setting different values are an error naming both.
     """
-    overrides, i = {}, 0
-    paths = leaf_paths()
+    flags = flags or {}
+    overrides: dict[str, Any] = {}
+    flag_values: dict[str, Any] = {}
+    given: dict[str, tuple[str, Any]] = {}  # setting → (the first option that gave it, its typed value)
+    i = 0
     while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--"):
-            raise ConfigError(f"unexpected argument {arg!r}: options look like --key=value")
-        name, eq, value = arg[2:].partition("=")
-        if not eq and name.replace("-", "_") in SHORTHANDS:
-            key, value = SHORTHANDS[name.replace("-", "_")]
-            overrides[key] = value
-            i += 1
-            continue
-        key = resolve_key(name)
+        option = argv[i]
+        if not option.startswith("--"):
+            raise ConfigError(f"unexpected argument {option!r}: options look like --key=value")
+        name, eq, value = option[2:].partition("=")
+        bare = name.replace("-", "_")
+        if bare in flags:
+            key, tp = bare, flags[bare]
+        elif bare in SHORTHANDS:
+            key, tp = SHORTHANDS[bare][0], bool
+        else:
+            key = resolve_key(name)
+            tp = _path_type(key)
         if not eq:
-            takes_value = paths[key] is not bool
-            if i + 1 < len(argv) and not argv[i + 1].startswith("--") and (
-                    takes_value or argv[i + 1].lower() in ("true", "false")):
-                value, i = argv[i + 1], i + 1
-            elif takes_value:
+            following = argv[i + 1] if i + 1 < len(argv) else "--"
+            if not following.startswith("--") and (tp is not bool or following.lower() in BOOLEANS):
+                value, option, i = following, f"{option} {following}", i + 1
+            elif tp is not bool:
                 raise ConfigError(f"--{name} needs a value")
             else:
                 value = "true"
-        overrides[key] = value
+        if tp is bool and value.lower() not in BOOLEANS:
+            raise ConfigError(f"--{name}: expected true or false, got {value!r}")
+        if bare in flags:
+            value = BOOLEANS[value.lower()] if tp is bool else value
+        elif bare in SHORTHANDS:
+            on = BOOLEANS[value.lower()]
+            if not on and _path_type(key) is not bool:  # `--pcgrad` picks one of the choices of its key
+                short = next((alias for alias, k in ALIASES.items() if k == key), key)
+                raise ConfigError(f"{option}: --{name} can only turn its method on; to train without one, use "
+                                  f"--{short}={CHOICES[key][0]}")
+            value = SHORTHANDS[bare][1] if on else "false"
+        elif tp is bool:
+            value = "true" if BOOLEANS[value.lower()] else "false"
+        typed = value if bare in flags else _typed(value, tp, key)
+        if key in given and given[key][1] != typed:
+            setting = f"--{name}" if bare in flags else key
+            raise ConfigError(f"{given[key][0]} and {option} give {setting} two values: give one")
+        given.setdefault(key, (option, typed))
+        (flag_values if bare in flags else overrides)[key] = value
         i += 1
-    return overrides
+    return overrides, flag_values
+
+
+def _typed(value: str, tp: Any, key: str) -> Any:
+    """`value` as the setting will hold it, to tell two spellings of one value apart from two values."""
+    try:
+        return _coerce(value, tp, key)
+    except ConfigError:  # said when the config is built, with the key
+        return value
+
+
+def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
+    """The config overrides of `argv`, which holds nothing else (see `parse_command_line`)."""
+    return parse_command_line(argv)[0]
+
+
+# ------------------------------------------------------------------------------------------ --help
+
+
+def _type_name(tp: Any) -> str:
+    """An annotation as a user reads it: `int | list[int]`, `float | null`, `dict[str, int]`, `mapping`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    if tp is type(None):
+        return "null"
+    return "mapping" if _is_dataclass_type(tp) else tp.__name__
+
+
+@functools.cache
+def _comments(cls: Any) -> dict[str, str]:
+    """The comment on each field of the dataclass `cls`, read from its source: the one place a field is described."""
+    comments: dict[str, str] = {}
+    line: list[tokenize.TokenInfo] = []
+    indent = None
+    for token in tokenize.generate_tokens(io.StringIO(textwrap.dedent(inspect.getsource(cls))).readline):
+        if token.type == tokenize.INDENT and indent is None:
+            indent = len(token.string)  # the class body's
+        if token.type == tokenize.NEWLINE:  # the end of a statement
+            code = [t for t in line if t.type != tokenize.COMMENT]
+            if len(code) > 1 and code[0].type == tokenize.NAME and code[0].start[1] == indent and code[1].string == ":":
+                comments[code[0].string] = " ".join(t.string.lstrip("#").strip() for t in line
+                                                    if t.type == tokenize.COMMENT and t.start[0] >= code[0].start[0])
+            line = []
+        elif token.type not in (tokenize.NL, tokenize.INDENT, tokenize.DEDENT):
+            line.append(token)
+    return comments
+
+
+def describe(cls: Any, name: str) -> str:
+    """What the field `name` of the dataclass `cls` is for: the comment on it, or for a stage's field that has
+    none, its home field's (`StageConfig.lr`: `train.lr`'s)."""
+    if cls is StageConfig and not _comments(cls).get(name):
+        *section, field = STAGE_FIELDS[name].split(".")
+        return describe(_field_types(Config)[section[0]] if section else Config, field)
+    return _comments(cls).get(name, "")
+
+
+def _show(value: Any) -> str:
+    """A default as YAML writes it: `null`, `true`, `[32, 64, 128]`, `''`."""
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1000).removesuffix("...\n").strip()
+
+
+def _rows(cls: Any, prefix: str, choices_of=lambda key: CHOICES.get(key, ())) -> list[tuple[str, str, str]]:
+    """(key, type and default, description and allowed values) of each field of `cls` but sections."""
+    rows, defaults = [], cls()
+    for name, tp in _field_types(cls).items():
+        if _is_dataclass_type(tp):  # a section of its own
+            continue
+        allowed = choices_of(prefix + name)
+        rows.append((prefix + name, f"{_type_name(tp)} = {_show(getattr(defaults, name))}",
+                     describe(cls, name) + (f" [{' | '.join(allowed)}]" if allowed else "")))
+    return rows
+
+
+def _help_sections() -> dict[str, tuple[str, list[tuple[str, str, str]]]]:
+    """`--help`'s sections: name → (heading, rows)."""
+    run = [row for row in _rows(Config, "") if row[0] not in ("stages", "task_defs")]
+    sections = {"run": ("the run (--KEY=VALUE)", run)}
+    for name, tp in _field_types(Config).items():
+        if _is_dataclass_type(tp):
+            sections[name] = (f"{describe(Config, name)} (--{name}.KEY=VALUE)", _rows(tp, f"{name}."))
+    home = lambda key: STAGE_FIELDS.get(key.removeprefix("stages[k]."), "")  # noqa: E731  the inherited key
+    stage_rows = [(key, type_default.replace("= null", f"= {home(key)}") if home(key) else type_default, text)
+                  for key, type_default, text in _rows(StageConfig, "stages[k].", lambda k: CHOICES.get(home(k), ()))]
+    sections["stages"] = (f"YAML only: a list of stages ({describe(Config, 'stages')}), each a mapping of these; "
+                          "a field left out (null) takes the run's value, the key after =", stage_rows)
+    sections["task_defs"] = (f"{describe(Config, 'task_defs')}: in YAML, or a field at a time, "
+                             "--task_defs.NAME.FIELD=value", [*_rows(TaskDef, "task_defs.NAME."),
+                                                              *_rows(HubConfig, "task_defs.NAME.hf.")])
+    sections["aliases"] = ("short forms: --ALIAS=VALUE is --KEY=VALUE; a shorthand alone (or =true) is a setting", [
+        *((f"--{alias.replace('_', '-')}", f"--{key}", "") for alias, key in ALIASES.items() if alias != key),
+        *((f"--{name}", f"--{key}={value}", f"(--{name}=false: off)" if _path_type(key) is bool else "")
+          for name, (key, value) in SHORTHANDS.items())])
+    return sections
+
+
+def help_text(section: str | None = None) -> str:
+    """Every setting of a config: each key with its type, default, allowed values (`CHOICES`) and what it is for
+    (the comment on its field), by section; then `ALIASES` and `SHORTHANDS`. `section` narrows it to one."""
+    sections = _help_sections()
+    if section is not None and section not in sections:
+        raise ConfigError(f"--help {section}: no such section; sections: {', '.join(sections)}")
+    lines = [] if section else [
+        "Config keys: --KEY=VALUE or --KEY VALUE on the command line (--train.lr=3e-5), the same keys nested in a",
+        "YAML file (train: {lr: 3.0e-5}). A boolean alone is true (--remat; --smart=false); a list is a,b,c or",
+        "[a, b, c]; a mapping {name: value, ...}, or one item of it (--train.loss_weights.sst=2). Two values for",
+        f"one key are an error. --help SECTION shows one section: {', '.join(sections)}.", ""]
+    for name, (heading, rows) in sections.items():
+        if section in (None, name):
+            width = max(len(key) for key, _, _ in rows)
+            types_width = min(max(len(t) for _, t, _ in rows), 36)
+            lines += [f"{name}: {heading}", *(f"  {key:<{width}}  {t:<{types_width}}  {text}".rstrip()
+                                              for key, t, text in rows), ""]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -553,9 +834,13 @@ def stage_names(config: Config) -> list[str]:
 def resolve_stage(config: Config, stage: StageConfig) -> Config:
     """The run's config with `stage`'s fields applied: a single-stage config describing that stage.
 
-    `train.loss_weights` keeps the weights of the stage's tasks only.
+    `train.loss_weights` keeps the weights of the stage's tasks only. A stage of one task that leaves `surgery`
+    unset trains without surgery: it has no two gradients to combine, and the methods would not all leave one be
+    (`pcgrad_two_updates` makes two updates of it, `cagrad` scales it).
     """
     fields = {key: getattr(stage, field) for field, key in STAGE_FIELDS.items() if getattr(stage, field) is not None}
+    if stage.surgery is None and len(stage.tasks if stage.tasks is not None else config.tasks) == 1:
+        fields["train.surgery"] = "none"
     resolved = replace(dataclasses.replace(config, stages=[]), {**fields, "train.stage_cycles": 1})
     weights = {t: w for t, w in resolved.train.loss_weights.items() if t in resolved.tasks}
     return dataclasses.replace(resolved, train=dataclasses.replace(resolved.train, loss_weights=weights))
@@ -588,6 +873,7 @@ CHOICES = {
     "train.loss_combination": choices.LOSS_COMBINATIONS,
     "train.schedule": choices.SCHEDULES,
     "train.updates": choices.UPDATES,
+    "train.nonfinite": choices.NONFINITE,
     "train.surgery": choices.SURGERIES,
     "losses.sst": choices.CLASSIFICATION_LOSSES,
     "losses.sts": choices.STS_LOSSES,
@@ -604,6 +890,14 @@ def _check(ok: bool, message: str) -> None:
 def validate(config: Config) -> None:
     """Every rule the config alone decides, with the key's path in the message. Rules that need the run's
     facts (the device count, a file's columns) are checked where those are known, before anything is written."""
+    _validate_settings(config)
+    _validate_effects(config)
+    _validate_distributed(config)
+    _validate_stages(config)
+
+
+def _validate_settings(config: Config) -> None:
+    """The rules of a single-stage run, which every resolved stage passes too."""
     for key, allowed in CHOICES.items():
         _check(get(config, key) in allowed, f"{key} is {get(config, key)!r}; allowed: {', '.join(allowed)}")
     for name, definition in config.task_defs.items():
@@ -618,7 +912,21 @@ def validate(config: Config) -> None:
     _validate_losses(config)
     _validate_smart(config)
     _validate_train(config)
-    _validate_stages(config)
+
+
+def _validate_effects(config: Config) -> None:
+    """A method switched on that no task of the run would feel is an error, not a silent no-op. The run's tasks
+    decide: a stage without the tasks a method acts on trains without it."""
+    tasks, losses = config.run_tasks, config.losses
+    _check(not config.smart.enabled or any(t.divergence is not None for t in tasks),
+           f"smart.enabled: SMART smooths a task's prediction, and none of the run's tasks {config.tasks} has one: "
+           "add such a task or drop --smart")
+    _check(losses.supcon_weight == 0 or any(losses.supcon(t) for t in tasks),
+           f"losses.supcon_weight {losses.supcon_weight}: the supervised contrastive term acts on softmax "
+           f"classification tasks, and the run's tasks {config.tasks} hold none: add one or set it to 0")
+    _check(losses.simcse_weight == 0 or bool(set(losses.simcse_tasks) & set(config.tasks)),
+           f"losses.simcse_weight {losses.simcse_weight}: none of losses.simcse_tasks {losses.simcse_tasks} is a task "
+           f"of the run {config.tasks}: name one in losses.simcse_tasks or set the weight to 0")
 
 
 TASK_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
@@ -670,6 +978,19 @@ def _validate_task_def(name: str, d: TaskDef) -> None:
                "values the dataset's")
         stray = [c for c in d.hf.columns if c not in (*d.text, d.label)]
         _check(not stray, f"{where}.hf.columns maps {stray}, which are not the task's columns {[*d.text, d.label]}")
+
+
+def _validate_distributed(config: Config) -> None:
+    d = config.distributed
+    explicit = (d.coordinator_address, d.num_processes, d.process_id)
+    _check(not (d.auto and any(v is not None for v in explicit)),
+           "distributed.auto finds the processes itself: leave distributed.coordinator_address, num_processes and "
+           "process_id unset with it")
+    _check(all(v is None for v in explicit) or all(v is not None for v in explicit),
+           "distributed.coordinator_address, num_processes and process_id go together: give all three (or "
+           "distributed.auto: true)")
+    _check(d.num_processes is None or (d.num_processes >= 1 and 0 <= d.process_id < d.num_processes),
+           f"distributed.process_id must be in 0..num_processes-1, got {d.process_id} of {d.num_processes}")
 
 
 def _validate_model_and_data(config: Config) -> None:
@@ -764,7 +1085,12 @@ def _validate_train(config: Config) -> None:
     _check(t.steps_per_epoch is None or t.steps_per_epoch >= 1,
            f"train.steps_per_epoch must be positive or null, got {t.steps_per_epoch}")
     _check(t.max_steps is None or t.max_steps >= 0, f"train.max_steps must be non-negative or null, got {t.max_steps}")
-    _check(t.seeds >= 1, f"train.seeds must be at least 1, got {t.seeds}")
+    seeds = parse_seeds(t.seeds, "train.seeds", t.seed)
+    _check(not t.vmap_seeds or len(seeds) > 1, "train.vmap_seeds vmaps a run's seeds in one program, and this run "
+                                              "trains one seed: train more (--seeds 2) or drop --vmap-seeds")
+    _check(t.surgery == "none" or len(config.tasks) > 1,
+           f"train.surgery {t.surgery!r} combines the gradients of two or more tasks, and {config.tasks[0]} trains "
+           "alone: train more tasks, or surgery none (--surgery=none)")
     _check(t.seed >= 0 and (t.data_seed is None or t.data_seed >= 0),
            f"train.seed and train.data_seed must be non-negative, got {t.seed} and {t.data_seed}")
     _check(t.batch_size >= 1 and t.eval_batch_size >= 1,
@@ -789,6 +1115,7 @@ def _validate_train(config: Config) -> None:
            f"train.lr and train.weight_decay must be non-negative and train.eps positive, got {t.lr}, "
            f"{t.weight_decay} and {t.eps}")
     _check(t.clip_norm is None or t.clip_norm > 0, f"train.clip_norm must be positive or null, got {t.clip_norm}")
+    _check(t.max_nonfinite >= 1, f"train.max_nonfinite must be at least 1, got {t.max_nonfinite}")
     _check(t.log_every >= 1 and t.checkpoint_every >= 0 and t.group_by_length >= 0,
            f"train.log_every must be positive, train.checkpoint_every and train.group_by_length non-negative, got "
            f"{t.log_every}, {t.checkpoint_every} and {t.group_by_length}")
@@ -811,6 +1138,6 @@ def _validate_stages(config: Config) -> None:
                f"stages[{k}].tasks {stage.tasks} must be a non-empty subset of the run's tasks {config.tasks} (the "
                "model has one head per run task)")
         try:
-            validate(resolve_stage(config, stage))
+            _validate_settings(resolve_stage(config, stage))
         except ConfigError as e:
             raise ConfigError(f"stages[{k}] ({name}): {e}") from None

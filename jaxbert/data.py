@@ -19,13 +19,15 @@ length bucket, so jit compiles one program per bucket instead of one per batch s
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import math
 import os
+import re
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -37,6 +39,11 @@ from jaxbert.tasks import SPLITS, Task
 from jaxbert.tokenization import BertTokenizer
 
 MAX_SKIPPED_ROWS = 5  # row numbers kept per skip reason, for messages and logs
+# What errors="surrogateescape" decodes a byte that is not UTF-8 to; valid UTF-8 never decodes to these.
+_UNDECODED = re.compile("[\udc80-\udcff]")
+_LINE_BREAK = re.compile("\r\n|\r|\n")  # the line ends csv and a file opened with newline="" split at
+# A plain decimal, inf or nan: float() also takes "0_5" and non-ASCII digits, which no label file means.
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?|[+-]?(inf|infinity|nan)", re.ASCII | re.IGNORECASE)
 # Bump when the cached arrays' layout or the reading/encoding rules change.
 _CACHE_VERSION = 1
 
@@ -93,8 +100,8 @@ class Examples:
 class _Collector:
     """Accumulates accepted rows and skip reasons while a source is read."""
 
-    def __init__(self, task: Task, labeled: bool) -> None:
-        self.task, self.labeled = task, labeled
+    def __init__(self, task: Task, labeled: bool, label_scale: float = 1.0) -> None:
+        self.task, self.labeled, self.label_scale = task, labeled, label_scale
         self.ids: list[str] = []
         self.columns: list[list[str]] = [[] for _ in task.text]
         self.labels: list[float] = []
@@ -108,40 +115,60 @@ class _Collector:
             kept.append(row)
 
     def add(self, row: int, id_: object, texts: Sequence[object], label: object = None) -> None:
+        # A Hub column of numbers or lists mapped as a text column; files hold only strings.
+        if not all(t is None or isinstance(t, str) for t in texts):
+            return self.skip("text not a string", row)
+        id_ = str(id_).strip()
+        stripped = [(t or "").strip() for t in texts]
+        # A NUL is binary garbage in a text file, and would reach the tokenizer and the predictions file.
+        if "\x00" in "".join([id_, *stripped, label if isinstance(label, str) else ""]):
+            return self.skip("NUL byte", row)
         value = None
         if self.labeled:
-            value, reason = _parse_label(label, self.task)
+            value, reason = _parse_label(label, self.task, self.label_scale)
             if reason:
                 return self.skip(reason, row)
-        stripped = [("" if t is None else str(t)).strip() for t in texts]
         if not all(stripped):
             return self.skip("empty text", row)
-        self.ids.append(str(id_).strip())
+        self.ids.append(id_)
         for column, text in zip(self.columns, stripped):
             column.append(text)
         if value is not None:
             self.labels.append(value)
 
     def build(self, path: Path | str) -> Examples:
+        """The rows read from `path`.
+
+        Raises:
+            DataError: no row is usable (an empty split would fail later, far from its cause).
+        """
         labels = None
         if self.labeled:
             labels = np.asarray(self.labels, np.float32 if self.task.kind == "regression" else np.int32)
-        return Examples(self.task, path, self.ids, self.columns[0],
-                        self.columns[1] if len(self.columns) > 1 else None, labels,
-                        dict(self.skipped), self.skipped_rows,
-                        self.columns[2] if len(self.task.text) == 3 else None)
+        examples = Examples(self.task, path, self.ids, self.columns[0],
+                            self.columns[1] if len(self.columns) > 1 else None, labels,
+                            dict(self.skipped), self.skipped_rows,
+                            self.columns[2] if len(self.task.text) == 3 else None)
+        if not examples and not self.skipped:
+            raise DataError(f"{path}: no data rows" + (" after the header" if isinstance(path, Path) else ""))
+        if not examples:
+            skips = examples.summary().partition(", skipped ")[2]
+            raise DataError(f"{path}: no usable row, skipped {skips}: fix the rows or the task's columns")
+        return examples
 
 
-def _parse_label(raw: object, task: Task) -> tuple[float | None, str | None]:
-    """Returns ``(value, None)`` or ``(None, skip reason)``."""
+def _parse_label(raw: object, task: Task, scale: float = 1.0) -> tuple[float | None, str | None]:
+    """Returns ``(value, None)`` or ``(None, skip reason)``; `scale` multiplies the raw value (a Hub source's)."""
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None, "empty label"
+    if isinstance(raw, str) and not _NUMBER.fullmatch(raw.strip()):
+        return None, "unparsable label"
     try:
-        value = float(raw)
-    except (TypeError, ValueError):
+        value = float(raw) * scale
+    except (TypeError, ValueError):  # a Hub label that is a list, a dict, ...
         return None, "unparsable label"
-    if not math.isfinite(value):
-        return None, "unparsable label"
+    if not math.isfinite(value):  # nan and inf would reach the loss
+        return None, "non-finite label"
     lo, hi = task.label_range
     if task.kind != "regression":
         # Quora stores 0/1 as "0.0"/"1.0"; a fractional class is corrupt, not out of range.
@@ -160,10 +187,13 @@ def read_split(path: str | os.PathLike, task: Task, *, require_labels: bool = Fa
 
     Quoting follows pandas' ``read_csv`` default (a field starting with ``"`` is quoted,
     ``""`` inside is a literal quote, quoted fields may span lines); for the course
-    files this matches pandas field for field.
+    files this matches pandas field for field. A UTF-8 BOM and CRLF or CR line ends are read.
 
-    Rows are skipped and counted, never silently dropped, for: a wrong field count
-    ("malformed row"), an empty, unparsable or out-of-range label, or an empty text.
+    Rows are skipped and counted, never silently dropped, for: bytes that are not UTF-8
+    ("not UTF-8"), a NUL ("NUL byte"), a field over csv's size limit ("field too long"), a
+    quote left open at the end of its line ("unbalanced quote": a stray quote costs its own
+    line, not every line up to the next quote), a wrong field count ("malformed row"), an
+    empty, unparsable, non-finite (nan, inf) or out-of-range label, or an empty text.
 
     Args:
         path: the file.
@@ -173,52 +203,134 @@ def read_split(path: str | os.PathLike, task: Task, *, require_labels: bool = Fa
 
     Raises:
         MissingFileError: naming the file.
-        DataError: the file is unreadable, not UTF-8, empty, not valid CSV, or lacks a needed column (the message
-            names the file, the missing and the expected columns).
+        DataError: the file is unreadable, empty, has no usable row, has a header that is not UTF-8 or cannot be
+            split, has more rows that are not UTF-8 than rows that are (the message gives the line and byte offset
+            of the first bad byte), or lacks a needed column (the message names the file, the missing and the
+            expected columns).
     """
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{task.name} data file not found: {path}")
     try:
         return _read_rows(path, task, require_labels)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start}): save it as UTF-8") from None
     except OSError as e:
         raise DataError(f"{path}: cannot be read: {e.strerror or e}") from None
 
 
 def _read_rows(path: Path, task: Task, require_labels: bool) -> Examples:
-    # newline="" lets csv see quoted line breaks; utf-8-sig tolerates a BOM.
-    with path.open(newline="", encoding="utf-8-sig") as fp:
-        reader = csv.reader(fp, delimiter=task.delimiter)
-        header = next(reader, None)
-        if header is None:
+    # surrogateescape keeps bytes that are not UTF-8 where they are, so only their row is lost; newline="" lets
+    # csv see quoted line breaks; utf-8-sig drops a BOM.
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fp:
+        records = _records(fp, task.delimiter)
+        first = next(records, None)
+        if first is None:
             raise DataError(f"{path}: empty file, expected a header row")
-        header = [h.strip() for h in header]
+        header, reason = first
         label = task.label
         expected = [*task.text, *([label] if label else [])]
+        separator = "tab" if task.delimiter == "\t" else repr(task.delimiter)
+        if reason == "not UTF-8":
+            raise _not_utf8(path, "the header row")
+        if reason:
+            raise DataError(f"{path}: the header row cannot be read ({reason}); {task.name} expects a header naming "
+                            f"the columns {expected}, {separator}-separated")
+        header = [h.strip() for h in header]
         labeled = label is not None and label in header
         missing = [c for c in task.text if c not in header]
         if require_labels and label is not None and not labeled:
             missing.append(label)
         if missing:
             optional = " (the label is optional in a test file)" if label else ""
-            separator = "tab" if task.delimiter == "\t" else repr(task.delimiter)
+            shown = repr(header)
+            shown = shown if len(shown) <= 300 else shown[:300] + " ..."  # a binary file's "header" is huge
             raise DataError(f"{path}: missing column(s) {missing}; {task.name} reads the columns {expected}"
-                            f"{optional} and an optional id, {separator}-separated; the header has {header}")
+                            f"{optional} and an optional id, {separator}-separated; the header has {shown}")
         where = {c: header.index(c) for c in ["id", *expected] if c in header}
         collector = _Collector(task, labeled)
-        row = 0
-        try:
-            for row, fields in enumerate(reader, start=1):
-                if len(fields) != len(header):
-                    collector.skip("malformed row", row)
-                    continue
-                collector.add(row, fields[where["id"]] if "id" in where else row,
-                              [fields[where[c]] for c in task.text], fields[where[label]] if labeled else None)
-        except csv.Error as e:  # e.g. an unclosed quote swallowing the rest of the file
-            raise DataError(f"{path}: CSV error after data row {row}: {e}") from None
+        rows = 0
+        for rows, (fields, reason) in enumerate(records, start=1):
+            if reason is None and len(fields) != len(header):
+                reason = "malformed row"
+            if reason:
+                collector.skip(reason, rows)
+                continue
+            collector.add(rows, fields[where["id"]] if "id" in where else rows,
+                          [fields[where[c]] for c in task.text], fields[where[label]] if labeled else None)
+    # One bad line is skipped; a file mostly undecodable is in another encoding, and skipping would hide that.
+    undecoded = collector.skipped["not UTF-8"]
+    if 2 * undecoded > rows:
+        raise _not_utf8(path, f"{undecoded:,} of {rows:,} data rows")
     return collector.build(path)
+
+
+def _records(lines: Iterable[str], delimiter: str) -> Iterator[tuple[list[str] | None, str | None]]:
+    """Each row of `lines`, the header first, as ``(fields, None)``, or ``(None, reason)`` for one that cannot be
+    split into fields: "not UTF-8", "field too long" or "unbalanced quote".
+
+    A quoted field may span lines. A record that does, but has the wrong number of fields or a later line that is a
+    whole row by itself, was joined by a stray quote: each of its lines is then a row of its own.
+    """
+    consumed: list[str] = []
+
+    def source() -> Iterator[str]:
+        for line in lines:
+            consumed.append(line)
+            yield line
+
+    reader = csv.reader(source(), delimiter=delimiter)
+    width = None  # the header's field count, once read
+    while True:
+        consumed.clear()
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error:  # the field size limit: a non-strict reader given whole lines raises no other
+            fields = None
+        record = list(consumed)
+        if len(record) == 1:
+            rows = [_split_line(record[0], delimiter)]
+        elif width is not None and (fields is None or len(fields) != width or any(
+                len(_split_line(line, delimiter)[0] or ()) == width for line in record[1:])):
+            rows = [_split_line(line, delimiter) for line in record]
+        elif _UNDECODED.search("".join(record)):
+            rows = [(None, "not UTF-8")]
+        else:
+            rows = [(fields, None) if fields is not None else (None, "field too long")]
+        yield from rows
+        if width is None:
+            width = len(rows[0][0] or ())
+
+
+def _split_line(line: str, delimiter: str) -> tuple[list[str] | None, str | None]:
+    """One line of a file as a row by itself: ``(fields, None)`` or ``(None, reason)``, as `_records`."""
+    if _UNDECODED.search(line):
+        return None, "not UTF-8"
+    try:
+        # Ended by "\n" alone, a quote still open at the end shows as a last field ending in it.
+        fields = next(csv.reader([line.rstrip("\r\n") + "\n"], delimiter=delimiter))
+    except csv.Error:  # the field size limit
+        return None, "field too long"
+    if fields and fields[-1].endswith("\n"):
+        return None, "unbalanced quote"
+    return fields, None
+
+
+def _not_utf8(path: Path, where: str) -> DataError:
+    """The refusal of `path` as not UTF-8 text, `where` saying how much of it, with the place of its first bad byte."""
+    data = path.read_bytes()
+    text = data.decode("utf-8", "surrogateescape")
+    first = _UNDECODED.search(text).start()
+    line = len(_LINE_BREAK.findall(text, 0, first)) + 1
+    offset = len(text[:first].encode("utf-8", "surrogateescape"))
+    utf16 = ", it looks UTF-16" if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else ""
+    return DataError(f"{path}: not UTF-8 text ({where}; the first bad byte at line {line}, byte offset {offset}"
+                     f"{utf16}): save it as UTF-8")
+
+
+def _one_line(error: Exception) -> str:
+    """`error`'s message on one line: datasets' and the Hub's run over several, and ours are one line."""
+    return " ".join(str(error).split())
 
 
 def read_hf_split(task: Task, split: str) -> Examples:
@@ -227,12 +339,13 @@ def read_hf_split(task: Task, split: str) -> Examples:
     The source maps the task's columns to the dataset's and scales its labels (STS-B's 0-1 to 0-5); labels then
     go through the task's own validation, so tweet_eval's 0/1/2 become 0/2/4 as in the local files. A split
     whose labels are all missing or -1 (GLUE's hidden test labels) is unlabeled; isolated -1 labels are
-    skipped as "empty label".
+    skipped as "empty label". Rows are skipped and counted as a file's are, and a text that is not a string
+    (a column of numbers or lists) as "text not a string".
 
     Raises:
         ValueError: the task has no hub source or the split is unknown.
         OfflineError: the Hub cannot be reached (and the dataset is not in the local cache).
-        DataError: the dataset cannot be loaded, or lacks a column.
+        DataError: the dataset cannot be loaded, lacks a column, or has no usable row.
     """
     if task.hub is None:
         raise ValueError(f"no Hugging Face source for task {task.name!r}")
@@ -245,20 +358,22 @@ def read_hf_split(task: Task, split: str) -> Examples:
     try:
         ds = datasets.load_dataset(hub.dataset, hub.config, split=hub_split)
     except ConnectionError as e:
-        raise OfflineError(f"{task.name}: cannot download {hub.dataset} from the Hugging Face Hub ({e})") from None
+        raise OfflineError(f"{task.name}: cannot download {hub.dataset} from the Hugging Face Hub "
+                           f"({_one_line(e)})") from None
     except (OSError, ValueError, datasets.exceptions.DatasetsError) as e:  # not found, gated, HTTP errors, ...
         raise DataError(f"{task.name}: cannot load the Hugging Face dataset {hub.dataset}"
-                        f"{' (' + hub.config + ')' if hub.config else ''}, split {hub_split}: {e}") from None
+                        f"{' (' + hub.config + ')' if hub.config else ''}, split {hub_split}: {_one_line(e)}") from None
     text_columns = [hub.columns[c] for c in task.text]
     missing = [c for c in text_columns if c not in ds.column_names]
     if missing:
         raise DataError(f"{hub.dataset}:{hub_split}: missing column(s) {missing}; found {ds.column_names}")
     label_column = hub.columns.get(task.label) if task.label else None
     raw = ds[label_column] if label_column is not None and label_column in ds.column_names else []
-    raw = [None if v is None or v == -1 else v * hub.label_scale for v in raw]
+    raw = [None if v is None or v == -1 else v for v in raw]
     labeled = any(v is not None for v in raw)
     ids = ds["idx"] if "idx" in ds.column_names else [f"{hub_split}-{i}" for i in range(len(ds))]
-    collector = _Collector(task, labeled)
+    # Scaled once parsed: the raw value may be a string or anything else a dataset holds.
+    collector = _Collector(task, labeled, hub.label_scale)
     columns = [ds[c] for c in text_columns]
     for i in range(len(ds)):
         collector.add(i + 1, ids[i], [col[i] for col in columns], raw[i] if labeled else None)
@@ -518,6 +633,14 @@ def missing_files_hint(config: Config, task: Task) -> str:
             f"{hub}")
 
 
+def token_cache_dir(config: Config) -> Path:
+    """Where tokenized splits are cached: `data.cache_dir`, else the user's cache folder (the data folder may be
+    read-only, and the cache is keyed by the files' contents, so any run of any folder may share it)."""
+    if config.data.cache_dir is not None:
+        return Path(config.data.cache_dir).expanduser().absolute()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jaxbert" / "tokens"
+
+
 def encode_for_run(config: Config, examples: Examples, tokenizer: BertTokenizer, cache_dir: str | None = None,
                    split_name: str | None = None) -> Encoded:
     """`encode_split` of `examples` as a run of `config` encodes them: its `max_length`, and a pair task's
@@ -572,7 +695,7 @@ def load_task_data(config: Config, tokenizer: BertTokenizer, splits: Iterable[st
                     raise MissingFileError(f"{task.name} {split} file not found: {path or 'none named'}; "
                                            f"{missing_files_hint(config, task)}")
                 examples = read_split(path, task, require_labels=split != "test")
-            enc = encode_for_run(config, examples, tokenizer, data.cache_dir, split)
+            enc = encode_for_run(config, examples, tokenizer, token_cache_dir(config), split)
             log(f"{task.name} {split}: {examples.summary()}; {enc.num_truncated:,} truncated to {data.max_length} "
                 "tokens" + (" (cached)" if enc.cached else ""))
             out[task.name][split] = enc

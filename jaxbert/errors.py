@@ -26,3 +26,8 @@ class DataError(UserError, ValueError):
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint that does not fit: another architecture, missing or unexpected tensors, other shapes."""
+
+
+class RunStopped(UserError):
+    """A run that ended before its last step, at a state it can continue from (`--resume`): preempted by a
+    signal, or stopped by a non-finite loss."""

@@ -8,7 +8,7 @@
 A suite file:
 
     name: cpu_minilm                    # results go to <results>/<name>/ (default: the file's name)
-    seeds: [0, 1]                       # default [0]
+    seeds: [0, 1]                       # exactly these; 3 is seeds 0, 1, 2 (default 1: seed 0)
     vmap_seeds: false                   # true: a row's missing consecutive seeds train in one vmapped call
     overrides: {train.max_steps: 100}   # every row; dotted (or unique bare) keys, as on the command line
     rows:
@@ -16,7 +16,8 @@ A suite file:
         config: ../minilm_cpu.yaml      # relative to the suite file
         overrides: {train.surgery: pcgrad}
 
-Overrides apply in the order config file, suite, row, command line. Each run is a normal run folder,
+Overrides take the keys and forms of `python train.py`'s command line (`--help SECTION` lists a section's:
+`--help train`) and apply in the order config file, suite, row, command line. Each run is a normal run folder,
 `<results>/<suite>/<row>/seed<k>/`; one holding `results.json` is complete and skipped, any other is resumed
 from its last checkpoint. A run folder whose `config.yaml` differs from what the suite now asks for is an
 error, not a silent skip. The report (`table.md`, `table.csv`, `bars_<metric>.png`, `curves.png`) follows the
@@ -41,13 +42,14 @@ import numpy as np
 import yaml
 
 from jaxbert import tasks
-from jaxbert.config import Config, ConfigError, leaf_paths, load_config, parse_overrides, resolve_key
+from jaxbert import config as config_module
+from jaxbert.config import Config, ConfigError, help_text, leaf_paths, load_config, parse_overrides, resolve_key
 from jaxbert.errors import UserError
 
 SUITE_KEYS = ("name", "seeds", "vmap_seeds", "overrides", "rows")
 ROW_KEYS = ("name", "config", "overrides")
 # Set by the runner for every run: a suite or command line that set them would be silently overruled.
-RUNNER_KEYS = ("out", "resume", "train.seed", "train.seeds", "train.vmap_seeds")
+RUNNER_KEYS = ("out", "train.seed", "train.seeds", "train.vmap_seeds")
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 # A table's metric columns are every scored task's metric ("sst_acc", labelled "SST acc") in the order the runs
@@ -138,22 +140,12 @@ def load_suite(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
 
 
 def parse_seeds(value: Any, where: str) -> tuple[int, ...]:
-    """`[0, 1]` or the command line's `"0,1"` → `(0, 1)`: distinct non-negative integers."""
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or not items:
-        raise SuiteError(f"{where}: expected a non-empty list of seeds, got {value!r}")
-    seeds = []
-    for item in items:
-        try:
-            seed = int(item) if isinstance(item, str) else item
-        except ValueError:
-            seed = None
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise SuiteError(f"{where}: {item!r} is not a non-negative integer")
-        seeds.append(seed)
-    if len(set(seeds)) != len(seeds):
-        raise SuiteError(f"{where}: {seeds} repeats a seed")
-    return tuple(seeds)
+    """The seeds of a suite's `seeds:` or `--seeds`, as `train.seeds` means them from seed 0: `3` → `(0, 1, 2)`,
+    `[0, 1, 5]` or `"0,1,5"` → `(0, 1, 5)` (`jaxbert.config.parse_seeds`)."""
+    try:
+        return tuple(config_module.parse_seeds(value, where))
+    except ConfigError as e:
+        raise SuiteError(str(e)) from None
 
 
 def _check_keys(mapping: dict, allowed: Sequence[str], where: str) -> None:
@@ -202,7 +194,7 @@ class Job:
     row: str
     seeds: tuple[int, ...]
     config_file: Path
-    overrides: dict[str, Any]  # the row's overrides and the runner's keys (out, seed(s), resume)
+    overrides: dict[str, Any]  # the row's overrides and the runner's keys (out, seed(s))
     folders: tuple[Path, ...]  # the run folder of each seed
 
     @property
@@ -238,12 +230,8 @@ def plan(suite: Suite, results: str | Path, seeds: Sequence[int] | None = None,
         missing = [s for s in seeds if not is_complete(run_folder(results, suite, row.name, s))]
         for group in (_consecutive(missing) if suite.vmap_seeds else [[s] for s in missing]):
             folders = tuple(run_folder(results, suite, row.name, s) for s in group)
-            runner = {"train.seed": group[0], "resume": True}
-            if len(group) > 1:
-                runner.update({"train.seeds": len(group), "train.vmap_seeds": True,
-                               "out": str(results / suite.name / row.name)})
-            else:
-                runner["out"] = str(folders[0])
+            runner = {"train.seed": group[0], "train.seeds": len(group), "train.vmap_seeds": len(group) > 1,
+                      "out": str(results / suite.name / row.name if len(group) > 1 else folders[0])}
             jobs.append(Job(row.name, tuple(group), row.config, {**row.overrides, **runner}, folders))
     return jobs
 
@@ -370,7 +358,7 @@ def run_jobs(jobs: Sequence[Job], log: Callable[[str], None] = print) -> None:
             record_commit(folder, commit)
         label = f"{job.row} seed{'s' if job.vmapped else ''} {','.join(map(str, job.seeds))}"
         log(f"[{i}/{len(jobs)}] {label} → {config.out}")
-        train_and_evaluate(config, log=lambda line, p=f"[{label}]": log(f"{p} {line}"))
+        train_and_evaluate(config, log=lambda line, p=f"[{label}]": log(f"{p} {line}"), resume=True)
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -413,8 +401,8 @@ def read_run(folder: Path, seed: int) -> RunResult:
     """A complete run's dev metrics (best epoch), wall time, train examples/s and commit(s)."""
     results = json.loads((folder / "results.json").read_text())
     metrics_file = folder / "metrics.jsonl"
-    records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()] \
-        if metrics_file.is_file() else []
+    records = [r for r in (json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip())
+               if "dev" in r] if metrics_file.is_file() else []  # its dev rows; the others are train rows
     metrics = _metric_values(results["metrics"].get("dev", {}))
     metrics["wall_time_sec"] = float(results["wall_time_sec"])
     rates = [r["train_examples_per_sec"] for r in records if "train_examples_per_sec" in r]
@@ -574,15 +562,26 @@ def write_report(suite: Suite, results: str | Path) -> Path:
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     """The runner's own options, and the rest: config overrides for every row (`--train.max_steps=5`)."""
-    parser = argparse.ArgumentParser(prog="python -m jaxbert.experiments", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m jaxbert.experiments", description=__doc__, add_help=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    parser.add_argument("suite", help="the suite file (YAML)")
+    parser.add_argument("suite", nargs="?", help="the suite file (YAML)")
+    parser.add_argument("-h", "--help", nargs="?", const="", metavar="SECTION",
+                        help="show this help and exit; with a SECTION of the config (train, smart, ...), its keys")
     parser.add_argument("--only", help="comma-separated rows to train (the report still covers every row)")
-    parser.add_argument("--seeds", help="comma-separated seeds, instead of the suite's `seeds:`")
+    parser.add_argument("--seeds", help="instead of the suite's `seeds:`: 3 (seeds 0, 1, 2) or 0,1,5 (those)")
     parser.add_argument("--results", default="results", help="results folder (default: results)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and train nothing")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from the runs that exist")
-    return parser.parse_known_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.help is not None:
+        try:
+            print(help_text(args.help) if args.help else parser.format_help(), end="")
+        except ConfigError as e:
+            sys.exit(f"jaxbert.experiments: error: {e}")
+        sys.exit(0)
+    if args.suite is None:
+        parser.error("the following arguments are required: suite")
+    return args, rest
 
 
 def main(argv: Sequence[str] | None = None) -> None:

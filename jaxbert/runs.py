@@ -63,9 +63,9 @@ def load_run(folder: str | Path) -> TrainedRun:
     if not (folder / "config.yaml").is_file():
         raise MissingFileError(f"{folder} is not a run folder: it has no config.yaml")
     config = load_config(folder / "config.yaml")
-    if config.train.seeds > 1:
-        raise UserError(f"{folder} is a run of {config.train.seeds} seeds: pass one seed's folder, "
-                               f"{folder / f'seed{config.train.seed}'} say")
+    if len(config.train.seed_list) > 1:
+        raise UserError(f"{folder} is a run of {len(config.train.seed_list)} seeds: pass one seed's folder, "
+                        f"{folder / f'seed{config.train.seed}'} say")
     encoder = folder / ENCODER_DIR
     if not (encoder / "config.json").is_file() or not (encoder / "vocab.txt").is_file():
         raise MissingFileError(f"{folder} has no {ENCODER_DIR}/config.json and {ENCODER_DIR}/vocab.txt; the run "

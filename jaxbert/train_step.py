@@ -35,7 +35,8 @@ Batches = dict[str, dict[str, jax.Array]]  # task → arrays with a leading batc
 @flax.struct.dataclass
 class TrainState:
     """Everything a step changes, every leaf `[seeds, ...]`. Dropout keys are derived from `step`, so no key
-    needs carrying. `extra` holds what a method carries between steps: GradVac's targets, SMART's EMA teacher."""
+    needs carrying. `extra` holds what a method carries between steps (GradVac's targets, SMART's EMA teacher)
+    and the non-finite guard's counts (`guard_nonfinite`)."""
 
     step: jax.Array
     params: Any
@@ -43,13 +44,15 @@ class TrainState:
     extra: dict[str, Any] = flax.struct.field(default_factory=dict)
 
     def checkpoint_items(self) -> dict[str, Any]:
-        return {"step": self.step, "params": self.params, "opt_state": self.opt_state,
-                **({"extra": self.extra} if self.extra else {})}
+        return {"step": self.step, "params": self.params, "opt_state": self.opt_state, "extra": self.extra}
 
 
 def create_train_state(params: Any, tx: optax.GradientTransformation, extra: dict[str, Any] | None = None) -> TrainState:
-    """One seed's state (no seed axis); `build.train_state` stacks them."""
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), extra=extra or {})
+    """One seed's state (no seed axis); `build.train_state` stacks them. `extra` gets a fresh non-finite guard
+    (`guard_nonfinite`)."""
+    guard = {"frozen": jnp.zeros((), bool), "in_a_row": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      extra={**(extra or {}), "guard": guard})
 
 
 def initial_extra(params: Any, config: Config) -> dict[str, Any]:
@@ -361,7 +364,32 @@ def seed_step(state: TrainState, batches: Batches, base_key: jax.Array, *, model
     for task, (task_loss, parts) in results.items():
         metrics[f"loss/{task}"] = task_loss
         metrics.update({f"loss/{task}/{name}": value for name, value in parts.items() if len(parts) > 1})
-    return new_state, metrics
+    return guard_nonfinite(state, new_state, metrics, config.train)
+
+
+def guard_nonfinite(old: TrainState, new: TrainState, metrics: dict[str, jax.Array],
+                    train: TrainConfig) -> tuple[TrainState, dict[str, jax.Array]]:
+    """`new`, unless a loss term or the gradient norm in `metrics` is not finite: then `old` (params, optimizer
+    state and `extra` unchanged) one step on.
+
+    The decision stays on the device, so no step waits for the host. `extra["guard"]` counts the skipped steps
+    and those in a row; once `train.nonfinite` says the run must end (the first one under stop, `max_nonfinite`
+    in a row under skip) it is `frozen`: every later step leaves the state as it is, so that when the host looks
+    (at its next log step, checkpoint or evaluation) it finds the last good state and stops the run there.
+    """
+    guard = old.extra["guard"]
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(value)) for value in metrics.values()]))
+    in_a_row = jnp.where(finite, 0, guard["in_a_row"] + 1)
+    frozen = guard["frozen"] | (in_a_row >= (1 if train.nonfinite == "stop" else train.max_nonfinite))
+    keep = frozen | ~finite
+    pick = lambda new_leaf, old_leaf: jnp.where(keep, old_leaf, new_leaf)  # noqa: E731
+    carried = {name: value for name, value in new.extra.items() if name != "guard"}
+    extra = jax.tree.map(pick, carried, {name: old.extra[name] for name in carried})
+    skipped = guard["skipped"] + (~finite).astype(jnp.int32)
+    state = new.replace(params=jax.tree.map(pick, new.params, old.params),
+                        opt_state=jax.tree.map(pick, new.opt_state, old.opt_state),
+                        extra={**extra, "guard": {"frozen": frozen, "in_a_row": in_a_row, "skipped": skipped}})
+    return state, {**metrics, "skipped": skipped}
 
 
 def train_step(state: TrainState, batches: Batches, base_keys: jax.Array, *, model: MultitaskBert,

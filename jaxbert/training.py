@@ -16,6 +16,7 @@ that config repeats the seed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -31,12 +32,15 @@ import optax
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from jaxbert import build
+from jaxbert import build, distributed
+from jaxbert import run_folder
 from jaxbert import data as data_lib
 from jaxbert.checkpoint import CheckpointStore
 from jaxbert.config import Config, ConfigError, TrainConfig, replace, resolve_stage, save_config, stage_names, to_dict
 from jaxbert.heads import MultitaskBert
 from jaxbert.metrics import summarize, task_metric
+from jaxbert.errors import CheckpointError, RunStopped
+from jaxbert.preemption import StopRequests
 from jaxbert.prefetch import prefetch
 from jaxbert.samplers import epoch_plan
 from jaxbert.tasks import Task
@@ -83,7 +87,7 @@ def predict_split(encoded: data_lib.Encoded, predict: Callable, params: Any, mes
         padded, valid = data_lib.pad_indices(order[start:start + batch_size], mesh.devices.size)
         length = data_lib.batch_length(encoded, padded, buckets)
         batch = {k: v for k, v in data_lib.make_batch(encoded, padded, length).items() if k != "labels"}
-        outputs.append(np.asarray(jax.device_get(predict(params, shard_batch(batch, mesh))))[valid])
+        outputs.append(np.asarray(distributed.to_host(predict(params, shard_batch(batch, mesh))))[valid])
     if not outputs:  # a split with no valid rows
         return np.zeros((0, jax.tree.leaves(params)[0].shape[0]))
     result = np.empty_like(np.concatenate(outputs))
@@ -180,7 +184,18 @@ def seed_configs(config: Config) -> list[Config]:
     return [replace(config, {"out": str(Path(config.out) / f"seed{seed}"), "train.seed": seed, "train.seeds": 1,
                              "train.vmap_seeds": False,
                              "train.data_seed": data_seed(t) if t.vmap_seeds else t.data_seed})
-            for seed in range(t.seed, t.seed + t.seeds)]
+            for seed in t.seed_list]
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a `metrics.jsonl` (none if it is absent); a line cut short by a killed run is dropped."""
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 def current_step(state: TrainState) -> int:
@@ -225,16 +240,18 @@ class Recorder:
 
     def __init__(self, config: Config):
         self.out = Path(config.out)
-        self.configs = seed_configs(config) if config.train.seeds > 1 else [config]
+        self.configs = seed_configs(config) if len(config.train.seed_list) > 1 else [config]
         self.store = CheckpointStore(self.out / "checkpoints")
-        self.best_stores = [self.store] if config.train.seeds == 1 else [
+        self.best_stores = [self.store] if len(self.configs) == 1 else [
             CheckpointStore(Path(c.out) / "checkpoints") for c in self.configs]
         self.records = [{"best_score": -math.inf, "history": [], "score": -math.inf} for _ in self.configs]
-        if config.train.seeds > 1:
+        self.writes = distributed.is_writer()  # the files beside the checkpoints are process 0's
+        if len(self.configs) > 1 and self.writes:
             for single in self.configs:
                 Path(single.out).mkdir(exist_ok=True)
                 save_config(single, Path(single.out) / "config.yaml")
-        self.writers = [_summary_writer(Path(c.out) / "tensorboard") for c in self.configs]
+        self.writers = [_summary_writer(Path(c.out) / "tensorboard") if self.writes else _NoWriter()
+                        for c in self.configs]
 
     @property
     def seeds(self) -> list[int]:
@@ -246,43 +263,47 @@ class Recorder:
         return {**position, "seeds": self.records}
 
     def resume(self, progress: dict[str, Any]) -> dict[str, int]:
-        """Takes the records of a checkpoint's `progress`; returns its loop position."""
-        where = self.out / "checkpoints"
-        if "seeds" not in progress:
-            raise ConfigError(f"--resume: the checkpoint in {where} was written by an older jaxbert, whose state had "
-                              "no seed axis: finish it with that version, or train into another out folder")
-        if len(progress["seeds"]) != len(self.configs):
-            raise ConfigError(f"--resume: the checkpoint in {where} holds {len(progress['seeds'])} seed(s), this run "
-                              f"trains {len(self.configs)} (train.seeds, train.vmap_seeds): resume with the settings "
-                              "it was started with, or train into another out folder")
+        """Takes the records of a checkpoint's `progress` (`run_folder.check_start` checked it fits); returns its
+        loop position."""
         self.records = progress["seeds"]
         return {"stage": progress["stage"], "epoch": progress["epoch"], "step_in_epoch": progress["step_in_epoch"]}
 
     def save_encoder_files(self, encoder: build.Encoder) -> None:
         """Each seed folder's `encoder/`: the encoder's config.json and vocab.txt, so that the folder alone is
         enough to predict with (`jaxbert.runs`) or export the model."""
-        for single in self.configs:
+        for single in self.configs if self.writes else []:
             folder = Path(single.out) / "encoder"
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "config.json").write_text(json.dumps(encoder.config.to_hf_dict(), indent=2) + "\n")
             shutil.copyfile(encoder.vocab, folder / "vocab.txt")
 
-    def rewrite_metrics(self) -> None:
-        """Each seed's `metrics.jsonl` from its record. The checkpoint's history is the record: a run stopped
-        between a checkpoint and its line loses no line."""
+    def rewrite_metrics(self, step: int) -> None:
+        """Each seed's `metrics.jsonl` as it stood at the checkpoint of `step`: the dev rows of its record (the
+        checkpoint's history is the record, so a run stopped between a checkpoint and its line loses no line),
+        and the train rows logged up to that step."""
         for single, record in zip(self.configs, self.records):
-            (Path(single.out) / "metrics.jsonl").write_text(
-                "".join(json.dumps(entry) + "\n" for entry in record["history"]))
+            path = Path(single.out) / "metrics.jsonl"
+            train_rows = [row for row in read_metrics(path) if "train" in row and row["step"] <= step]
+            rows = sorted([*train_rows, *record["history"]], key=lambda row: (row["step"], "dev" in row))
+            if self.writes:
+                path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
-    def log_step(self, step_metrics: dict[str, jax.Array], rate: float, step: int) -> str:
-        """Writes the step's metrics to each seed's TensorBoard; returns the losses, one per seed."""
+    def log_step(self, step_metrics: dict[str, jax.Array], rate: float, step: int, stage: Stage) -> str:
+        """Writes the step's metrics (the loss, each task's loss and term, the gradient norm, examples/s) to each
+        seed's TensorBoard and `metrics.jsonl`; returns the losses, one per seed."""
         host = jax.device_get(step_metrics)
         losses = []
-        for k, writer in enumerate(self.writers):
-            metrics = {name: float(value[k]) for name, value in host.items()}
+        for k, (single, record, writer) in enumerate(zip(self.configs, self.records, self.writers)):
+            metrics = {name: float(value[k]) for name, value in host.items()} | {"examples_per_sec": rate}
             losses.append(f"{metrics['loss']:.4f}")
-            for name, value in {**metrics, "examples_per_sec": rate}.items():
+            for name, value in metrics.items():
                 writer.add_scalar(f"train/{name}", value, step)
+            row = {"epoch": len(record["history"]) + 1, "step": step, "train": metrics}
+            if stage.name:
+                row.update(stage=stage.index, stage_name=stage.name)
+            if self.writes:
+                with open(Path(single.out) / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
         return " ".join(losses)
 
     def save_latest(self, state: TrainState, position: dict[str, int]) -> None:
@@ -310,11 +331,12 @@ class Recorder:
             if improved[k]:
                 self.best_stores[k].save_best(seed_slice(items, k), {**position, **record})
             entry = record["history"][-1]
-            with open(Path(single.out) / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(entry) + "\n")
+            if self.writes:
+                with open(Path(single.out) / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(entry) + "\n")
             for task, metrics in entry["dev"].items():
                 for name, value in (metrics.items() if isinstance(metrics, dict) else [("", metrics)]):
-                    writer.add_scalar(f"dev/{task}{'/' + name if name else ''}", value, entry["epoch"])
+                    writer.add_scalar(f"dev/{task}{'/' + name if name else ''}", value, entry["step"])
             log(f"{self.label(k)}{stage_label}epoch {position['epoch']}: dev {json.dumps(entry['dev'])}"
                 f"{' (best)' if improved[k] else ''}")
 
@@ -323,11 +345,22 @@ class Recorder:
 
     def best_params(self, params: Any) -> Any:
         """Every seed's params from its best checkpoint (`params`, its latest, if it has none), stacked like
-        `params`. Only the params are read: the best checkpoint may be an earlier stage's, with another optimizer."""
+        `params`. Only the params are read: the best checkpoint may be an earlier stage's, with another optimizer.
+
+        Raises:
+          CheckpointError: a best checkpoint does not read. No fallback to the latest params: `results.json`
+            would give another epoch's scores as the best epoch's. The message says how to take the latest.
+        """
         best_params = []
         for k, store in enumerate(self.best_stores):
             latest = seed_slice(params, k)
-            best = store.restore({"params": latest}, which="best", partial=True)
+            try:
+                best = store.restore({"params": latest}, which="best", partial=True)
+            except CheckpointError as e:
+                raise CheckpointError(
+                    f"{e}; the results come from the best checkpoint: delete {store.directory / 'best'} and run again "
+                    "with --resume to take them from the latest state instead, or train again with --overwrite"
+                ) from None
             best_params.append(best[0]["params"] if best else latest)
         return stack_seeds(best_params)
 
@@ -351,10 +384,13 @@ class Recorder:
                 scored = [r for r in history if dev_score(r["dev"]) is not None]
                 results["best_epoch"] = (max(scored, key=lambda r: dev_score(r["dev"])) if scored
                                          else history[-1])["epoch"]
-                plot_curves(history, out / "dev_curves.png")
-            write_predictions(out, data, {split: e[k][1] for split, e in evaluations.items()})
+                if self.writes:
+                    plot_curves(history, out / "dev_curves.png")
+            if self.writes:
+                write_predictions(out, data, {split: e[k][1] for split, e in evaluations.items()})
             results["wall_time_sec"] = time.time() - start_time  # a vmapped run's seeds share its wall time
-            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            if self.writes:
+                (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
             log(f"{self.label(k)}best dev (epoch {results['best_epoch']}): "
                 f"{json.dumps(results['metrics'].get('dev', {}))}")
             by_seed[single.train.seed] = results
@@ -372,6 +408,7 @@ class Run:
     mesh: Mesh
     recorder: Recorder
     log: Callable[[str], None]
+    stop: StopRequests
     # Optimizer and jitted step of each entry of `config.stages`, built once: every cycle reuses them.
     steps: dict[int, tuple[optax.GradientTransformation, Callable]] = dataclasses.field(default_factory=dict)
 
@@ -387,15 +424,15 @@ def stage_step(run: Run, stage: Stage, params: Any,
 
 
 def run_stage(run: Run, stage: Stage, params: Any, start_step: jax.Array, position: dict[str, int],
-              resume: bool) -> TrainState:
+              resume: int | None) -> TrainState:
     """Trains `stage` from `position` in it (its epoch, and the step within that epoch), with a dev evaluation,
     a `metrics.jsonl` record and checkpoints after every epoch.
 
     The stage starts from `params` (encoder and heads, `[seeds, ...]`) and the global `start_step` of the stage
     before, with a new optimizer state and a new `TrainState.extra`: its learning rate and schedule are laid out
     over its own steps, and AdamW's moments and GradVac's or SMART's running values belong to the objective and
-    parameters they were gathered for. With `resume`, the state is the latest checkpoint's, which this stage
-    wrote.
+    parameters they were gathered for. With `resume` (a step), the state is the latest checkpoint's of that step,
+    which this stage wrote (`run_folder.check_start` found it intact).
     """
     config, t, recorder = stage.config, stage.config.train, run.recorder
     train = {task: splits["train"] for task, splits in run.data.items() if task in config.tasks}
@@ -406,13 +443,13 @@ def run_stage(run: Run, stage: Stage, params: Any, start_step: jax.Array, positi
     tx, train_step = stage_step(run, stage, params, total_updates)
     state = replicate(build.train_state(params, tx, config).replace(step=start_step), run.mesh)
     label = f"stage {stage.name}: " if stage.name else ""
-    if resume:
-        recorder.store.check_fits(state.params)
-        items, _ = recorder.store.restore(state.checkpoint_items())
+    if resume is not None:
+        items, _ = recorder.store.restore(state.checkpoint_items(), step=resume)
         state = replicate(state.replace(**items), run.mesh)
         run.log(f"resumed from step {current_step(state)} ({label}epoch {position['epoch'] + 1}, "
                 f"step {position['step_in_epoch']} of it)")
 
+    global_step = current_step(state)
     for epoch in range(position["epoch"], t.epochs):
         if epoch_steps[epoch] == 0:
             break
@@ -423,26 +460,69 @@ def run_stage(run: Run, stage: Stage, params: Any, start_step: jax.Array, positi
         examples, tick = 0, time.time()
         device_batches = prefetch(shard_batch(step_batches(train, plan[i], config.data.buckets), run.mesh)
                                   for i in range(first, len(plan)))
+        pending = []  # (global step, its metrics on the device) since the host last looked at them
         for i, batches in zip(bar, device_batches):
             state, step_metrics = train_step(state, batches)
             examples += sum(len(b["input_ids"]) for b in batches.values())
-            step = i + 1
+            step, global_step = i + 1, global_step + 1
+            pending.append((global_step, step_metrics))
+            where = {"stage": stage.index, "epoch": epoch, "step_in_epoch": step}
             if step % t.log_every == 0 or step == len(plan):
+                check_finite(pending, state, stage, where, run)
                 rate = examples / max(time.time() - tick, 1e-9)
-                loss = recorder.log_step(step_metrics, rate, current_step(state))
+                loss = recorder.log_step(step_metrics, rate, global_step, stage)
                 bar.set_postfix(loss=loss, ex_s=f"{rate:.0f}")
                 done = sum(epoch_steps[:epoch]) + step
                 if bar.disable:  # no terminal (a log file, CI): the same figures as plain lines
                     eta = (total_steps - done) * (time.time() - tick) / max(step - first, 1)
                     run.log(f"{label}step {done}/{total_steps} loss {loss} "
                             f"{rate:.0f} examples/s, ETA {eta / 60:.1f} min (this epoch's rate)")
+            if run.stop.requested(global_step):
+                check_finite(pending, state, stage, where, run)
+                recorder.save_latest(state, where)
+                raise RunStopped(f"preempted by {run.stop.name} at step {global_step} ({label}epoch {epoch + 1}, step "
+                                 f"{step} of {len(plan)}), checkpointed: continue with --resume")
             if t.checkpoint_every and step % t.checkpoint_every == 0 and step < len(plan):
-                recorder.save_latest(state, {"stage": stage.index, "epoch": epoch, "step_in_epoch": step})
+                check_finite(pending, state, stage, where, run)
+                recorder.save_latest(state, where)
         bar.close()
+        check_finite(pending, state, stage, {"stage": stage.index, "epoch": epoch, "step_in_epoch": len(plan)}, run)
         evaluations = evaluate(run.data, run.predictors, state.params, run.mesh, config, "dev")
         recorder.end_epoch(evaluations, state, stage, {"stage": stage.index, "epoch": epoch + 1, "step_in_epoch": 0},
                            examples / max(time.time() - tick, 1e-9), run.log)
     return state
+
+
+def check_finite(pending: list[tuple[int, dict[str, jax.Array]]], state: TrainState, stage: Stage,
+                 where: dict[str, int], run: Run) -> None:
+    """Looks at the metrics of the steps in `pending` (and empties it): logs each skipped step, and ends the run
+    with `RunStopped` once the step's guard froze the state (`train_step.guard_nonfinite`). One transfer per
+    look, at the loop's log steps, checkpoints and evaluations, never one per step."""
+    if not pending:
+        return
+    steps, host = [s for s, _ in pending], jax.device_get([m for _, m in pending])
+    pending.clear()
+    t, label = stage.config.train, f"stage {stage.name}, " if stage.name else ""
+    bad_by_seed: list[list[tuple[int, str]]] = [[] for _ in run.recorder.seeds]
+    for step, metrics in zip(steps, host):
+        for k, bad in enumerate(bad_by_seed):
+            values = [f"{name} {float(value[k])}" for name, value in metrics.items() if not np.isfinite(value[k])]
+            if values:
+                bad.append((step, ", ".join(values)))
+    frozen = np.asarray(jax.device_get(state.extra["guard"]["frozen"]))
+    for k, bad in enumerate(bad_by_seed):
+        seed = run.recorder.label(k)
+        if frozen[k]:
+            step, values = (bad[0] if t.nonfinite == "stop" else bad[-1]) if bad else (steps[-1], "an earlier step")
+            latest = run.recorder.store.latest.latest_step()
+            rule = (f"train.nonfinite stop: step {step}" if t.nonfinite == "stop" else
+                    f"train.nonfinite skip: {t.max_nonfinite} steps in a row up to step {step}")
+            raise RunStopped(f"{seed}{rule} ({label}epoch {where['epoch'] + 1}) had non-finite values: {values}. The "
+                             f"latest checkpoint ({'step ' + str(latest) if latest is not None else 'none yet'}) is the "
+                             "last good state; lower the learning rate (--lr), add --train.clip_norm, or compute in "
+                             "float32, then --resume")
+        for step, values in bad:
+            run.log(f"{seed}step {step}: non-finite {values}: update skipped (train.nonfinite skip)")
 
 
 def check_devices(config: Config, devices: int) -> None:
@@ -456,59 +536,161 @@ def check_devices(config: Config, devices: int) -> None:
                               f"{t.accumulation_steps} × the {devices} devices (each device's micro-batch)")
 
 
-def train_and_evaluate(config: Config, log: Callable[[str], None] = print) -> dict[Any, Any]:
-    """Runs (or resumes) the whole job, stage after stage, and returns the contents of `results.json`; for
-    several seeds `{seed: contents of its results.json}`.
+def train_and_evaluate(config: Config, log: Callable[[str], None] = print, *, resume: bool = False,
+                       overwrite: bool = False, dry_run: bool = False) -> Any:
+    """Runs the whole job, stage after stage, and returns the contents of `results.json`; for several seeds
+    `{seed: contents of its results.json}`.
 
     Params (encoder and heads) and the step count carry from stage to stage; the best checkpoint is chosen
-    over every epoch of every stage.
+    over every epoch of every stage. `resume` continues the run in `config.out` (a finished one is said to be
+    finished and its results returned), `overwrite` clears that folder's previous run first, and `dry_run`
+    stops after the checks, the loading and the plan, having written nothing (and returns None). Everything
+    that can refuse the run (the folder, the config against a resumed run's, the devices, the checkpoint and
+    the data) is checked before a file is written.
     """
+    distributed.initialize(config.distributed)
+    writer = distributed.is_writer()
+    log = log if writer else (lambda _: None)  # one log, process 0's
     mesh = data_mesh()
     check_devices(config, mesh.devices.size)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
-    t = config.train
-    if t.seeds > 1 and not t.vmap_seeds:  # one ordinary run per seed
+    start = run_folder.check_start(config, resume, overwrite, check_lock=writer)
+    for skipped in start.skipped:  # newer checkpoints that do not read (the older one is resumed from)
+        log(f"--resume: skipped checkpoint {skipped}")
+    if start.mode == "finished":
+        log(f"{start.folder} is finished (its results.json is there): nothing to resume. Train longer with a larger "
+            "--epochs or --max-steps and --resume, or train again with --out DIR or --overwrite")
+        return run_folder.saved_results(config)
+    encoder = build.load_encoder(config, log)
+    data = data_lib.load_task_data(config, BertTokenizer(encoder.vocab), log=log)
+    for line in describe_run(config, data, encoder, mesh, start):
+        log(line)
+    if dry_run:
+        log("--dry-run: nothing trained, nothing written")
+        return None
+    distributed.barrier("jaxbert: every process checked the run folder")  # before process 0 writes to it
+    with run_folder.locked(start.folder, log) if writer else contextlib.nullcontext():
+        if writer and run_folder.is_used(start.folder) != start.used:  # another run began while this one loaded
+            raise run_folder.RunFolderError(f"{start.folder} changed while this run loaded its data: start it again")
+        if writer and start.used and start.mode == "new":
+            log(f"--overwrite: deleted {', '.join(run_folder.clear(start.folder))} in {start.folder}")
+        distributed.barrier("jaxbert: the run folder is ready")
+        return _train_seeds(config, encoder, data, mesh, log, start, resume)
+
+
+def _train_seeds(config: Config, encoder: build.Encoder, data: dict[str, dict[str, data_lib.Encoded]], mesh: Mesh,
+                 log: Callable[[str], None], start: run_folder.Start, resume: bool) -> Any:
+    """`train_and_evaluate` once the run may start: every seed, in one program or one after another."""
+    seeds = config.train.seed_list
+    if len(seeds) == 1 or config.train.vmap_seeds:
+        by_seed = train_run(config, encoder, data, mesh, log, start)
+    else:  # one ordinary run per seed, each in its own folder, resumed or skipped as a run of its own
+        if distributed.is_writer():
+            Path(config.out).mkdir(parents=True, exist_ok=True)
+            save_config(config, Path(config.out) / "config.yaml")
         by_seed = {}
         for single in seed_configs(config):
             seed = single.train.seed
-            by_seed[seed] = train_and_evaluate(single, lambda line, s=seed: log(f"seed {s}: {line}"))
+            seed_log = lambda line, s=seed: log(f"seed {s}: {line}")  # noqa: E731
+            seed_start = run_folder.check_start(single, resume, check_lock=False)  # the run's folder is locked
+            distributed.barrier(f"jaxbert: seed {seed} checked")
+            for skipped in seed_start.skipped:
+                seed_log(f"--resume: skipped checkpoint {skipped}")
+            if seed_start.mode == "finished":
+                seed_log(f"{seed_start.folder} is finished, not trained again")
+                by_seed[seed] = run_folder.saved_results(single)
+                continue
+            by_seed.update(train_run(single, encoder, data, mesh, seed_log, seed_start))
+    if len(seeds) > 1:
         log_seed_summary(by_seed, log)
-        return by_seed
+    out = Path(config.out)
+    where = out / "seed*" if len(seeds) > 1 else out
+    log(f"results: {where / 'results.json'}; predictions: {where / 'predictions'}/; dev curves: "
+        f"{where / 'dev_curves.png'}; train and dev metrics per step: {where / 'metrics.jsonl'} and "
+        f"`tensorboard --logdir {out}`")
+    return by_seed if len(seeds) > 1 else by_seed[seeds[0]]
+
+
+def train_run(config: Config, encoder: build.Encoder, data: dict[str, dict[str, data_lib.Encoded]], mesh: Mesh,
+              log: Callable[[str], None], start: run_folder.Start) -> dict[int, dict[str, Any]]:
+    """Trains one run (a single seed, or seeds vmapped in one program) into `config.out`, new or from the
+    checkpoint `start` found; returns `{seed: results}`."""
+    t, out = config.train, Path(config.out)
     start_time = time.time()
-    encoder = build.load_encoder(config, log)
     model = build.model(config, encoder.config)
-    params = build.initial_params(model, encoder.params, range(t.seed, t.seed + t.seeds))
-    data = data_lib.load_task_data(config, BertTokenizer(encoder.vocab), log=log)
+    params = build.initial_params(model, encoder.params, t.seed_list)
+    if start.progress is not None:  # before anything is written: the checkpoint must be this model's
+        store = CheckpointStore(out / "checkpoints", read_only=True)
+        store.check_fits(params, step=start.step)
+        store.close()
+    out.mkdir(parents=True, exist_ok=True)
+    if distributed.is_writer():
+        save_config(config, out / "config.yaml")
     recorder = Recorder(config)
     recorder.save_encoder_files(encoder)
-    run = Run(config, model, data, build.predict_steps(model, mesh), mesh, recorder, log)
+    run = Run(config, model, data, build.predict_steps(model, mesh), mesh, recorder, log, StopRequests())
 
-    position, resume = {"stage": 0, "epoch": 0, "step_in_epoch": 0}, False
-    if config.resume:
-        saved = recorder.store.progress()
-        if saved is None:
-            log(f"--resume: no checkpoint in {out / 'checkpoints'}, starting fresh")
-        else:
-            position, resume = recorder.resume(saved), True
-    recorder.rewrite_metrics()
+    position, resume = {"stage": 0, "epoch": 0, "step_in_epoch": 0}, start.step  # the checkpoint's step, or None
+    if start.mode == "resume" and resume is None:
+        log(f"--resume: no checkpoint in {out / 'checkpoints'} yet, starting at step 0")
+    if resume is not None:
+        position = recorder.resume(start.progress)
+        # Newer checkpoints are broken ones skipped, or a best saved after the step: the resumed run saves it again.
+        for store in {id(store): store for store in [recorder.store, *recorder.best_stores]}.values():
+            store.discard_newer(resume)
+    recorder.rewrite_metrics(resume or 0)
     # Replicated once, so placing them in each stage's state copies nothing.
     params, step = replicate(params, mesh), jnp.zeros((len(recorder.seeds),), jnp.int32)
-    for stage in run_stages(config)[position["stage"]:]:
-        state = run_stage(run, stage, params, step, position, resume)
-        params, step, resume = state.params, state.step, False
-        del state  # its optimizer state belonged to the stage that ended
-        position = {"stage": stage.index + 1, "epoch": 0, "step_in_epoch": 0}
+    with run.stop:
+        for stage in run_stages(config)[position["stage"]:]:
+            state = run_stage(run, stage, params, step, position, resume)
+            params, step, resume = state.params, state.step, None
+            del state  # its optimizer state belonged to the stage that ended
+            position = {"stage": stage.index + 1, "epoch": 0, "step_in_epoch": 0}
 
     best_params = replicate(recorder.best_params(params), mesh)
     recorder.close()
     evaluations = {split: evaluate(data, run.predictors, best_params, mesh, config, split) for split in ("dev", "test")}
-    by_seed = recorder.write_results(data, evaluations, int(np.max(jax.device_get(step))), start_time, log)
-    if t.seeds > 1:
-        log_seed_summary(by_seed, log)
-        return by_seed
-    return by_seed[t.seed]
+    return recorder.write_results(data, evaluations, int(np.max(jax.device_get(step))), start_time, log)
+
+
+def describe_run(config: Config, data: dict[str, dict[str, data_lib.Encoded]], encoder: build.Encoder, mesh: Mesh,
+                 start: run_folder.Start) -> list[str]:
+    """The log's header: the resolved settings that decide the run, paths resolved (relative paths in a config
+    or on the command line are relative to the working directory)."""
+    t, m, out = config.train, config.model, Path(config.out)
+    mode = {"new": "a new run" + (", replacing the previous run there (--overwrite)" if start.used else ""),
+            "resume": "resuming the run there"}[start.mode]
+    checkpoint = Path(m.checkpoint)
+    e = encoder.config
+    stages = run_stages(config)
+    steps = []
+    for stage in stages:
+        train = {task: data[task]["train"] for task in stage.config.tasks}
+        steps.append(sum(len(plan) for plan in run_plans(stage.config, train, stage.plan_seed)))
+    sizes = ", ".join(f"{task} ({', '.join(f'{len(encoded):,} {split}' for split, encoded in splits.items())})"
+                      for task, splits in data.items())
+    smart = config.smart
+    seeds = t.seed_list
+    lines = [
+        f"run: {out.absolute()} ({mode})",
+        f"model: {checkpoint.absolute() if checkpoint.exists() else m.checkpoint}: {e.num_hidden_layers} layers, "
+        f"hidden {e.hidden_size}, {m.dtype}{', encoder frozen' if m.freeze_encoder else ''}",
+        f"tasks: {sizes}; data from {Path(config.data.data_dir).absolute()}, token cache "
+        f"{data_lib.token_cache_dir(config)}",
+        f"sampler {t.sampler}, losses {t.loss_combination}, surgery {t.surgery}, updates {t.updates}, SMART "
+        + (f"on ({', '.join(smart.tasks or [task.name for task in config.run_tasks if smart.smooths(task)])})"
+           if smart.enabled else "off"),
+        f"batch {t.batch_size} per task" + (f" in {t.accumulation_steps} micro-batches" if t.accumulation_steps > 1
+                                            else "")
+        + f", lr {t.lr:g} {t.schedule}" + (f" (warm-up {t.warmup_ratio:g})" if t.warmup_ratio else "")
+        + f", weight decay {t.weight_decay:g}",
+        f"steps: {sum(steps):,}" + (" (" + ", ".join(f"{s.name or 'stage'} {n:,}" for s, n in zip(stages, steps)) + ")"
+                                    if config.stages else f" in {t.epochs} epoch(s)")
+        + (f", train.max_steps {t.max_steps} per stage" if t.max_steps is not None else ""),
+        f"devices: {mesh.devices.size} × {mesh.devices.flat[0].platform}; seed(s) {', '.join(map(str, seeds))}"
+        + (" vmapped in one program" if t.vmap_seeds else " one after another" if len(seeds) > 1 else ""),
+    ]
+    return lines
 
 
 def log_seed_summary(by_seed: dict[int, dict[str, Any]], log: Callable[[str], None]) -> None:
@@ -518,6 +700,16 @@ def log_seed_summary(by_seed: dict[int, dict[str, Any]], log: Callable[[str], No
         log(f"{len(by_seed)} seeds {min(by_seed)}-{max(by_seed)}: best dev score {np.mean(scores):.4f} "
             f"± {np.std(scores, ddof=1) if len(scores) > 1 else 0.0:.4f} (mean ± sample std), "
             f"per seed {', '.join(f'{s:.4f}' for s in scores)}")
+
+
+class _NoWriter:
+    """The TensorBoard writer of a process that writes no files."""
+
+    def add_scalar(self, *args) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _summary_writer(path: Path):

@@ -3,12 +3,16 @@ course-format fixture data, tiny training configs and a run killed after a check
 from here only, never from each other."""
 
 import contextlib
+import json
 import os
+import tempfile
 from pathlib import Path
 
 # No test reaches the network: a Hub download fails at once (as offline) instead of after its retries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Nor the user's cache folder: the token cache of runs that keep the default `data.cache_dir` goes here.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="jaxbert-test-cache-")
 
 import jax
 import numpy as np
@@ -127,11 +131,23 @@ ARGS = ["--epochs=2", "--batch-size=8", "--train.eval_batch_size=16", "--data.ma
 
 
 def run_config(workspace, out, *extra, config_file=None):
-    """The config of a tiny run into `out`: the workspace's BERT and data, `ARGS`, then the options `extra`."""
+    """The config of a tiny run into `out`: the workspace's BERT and data, `ARGS`, then the options `extra`, which
+    may set a key again (the last one wins)."""
     bert, data, root = workspace
-    argv = [f"--checkpoint={bert}", f"--data-dir={data}", f"--out={out}", f"--data.cache_dir={root / 'cache'}",
-            *ARGS, *extra]
-    return load_config(config_file, parse_overrides(argv))
+    argv = [f"--checkpoint={bert}", f"--data-dir={data}", f"--out={out}", f"--data.cache_dir={root / 'cache'}", *ARGS]
+    return load_config(config_file, {**parse_overrides(argv), **last_wins(extra)})
+
+
+def last_wins(argv) -> dict:
+    """The overrides of `argv`, a later option over an earlier one of the same key (on train.py's command line
+    two values for one key are an error; a test builds on shared option lists)."""
+    groups = []
+    for arg in argv:
+        if arg.startswith("--") or not groups:
+            groups.append([arg])
+        else:
+            groups[-1].append(arg)
+    return {key: value for group in groups for key, value in parse_overrides(group).items()}
 
 
 def staged_config(workspace, out, stages_yaml, *extra):
@@ -160,6 +176,12 @@ def killed_after_checkpoint(monkeypatch, n: int):
     with pytest.raises(Interrupted):
         yield
     monkeypatch.setattr(checkpoint_lib.CheckpointStore, "save", real_save)
+
+
+def dev_rows(folder) -> list[dict]:
+    """The dev rows of a run folder's `metrics.jsonl` (one per evaluation), without its train rows."""
+    rows = [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
+    return [row for row in rows if "dev" in row]
 
 
 def restore(folder, which="latest"):

@@ -1,6 +1,7 @@
 """Strict typed configs: YAML files, `base:` inheritance and command-line overrides."""
 
 import dataclasses
+import inspect
 import os
 import re
 import subprocess
@@ -12,8 +13,8 @@ import yaml
 
 import jaxbert.config
 from jaxbert import choices
-from jaxbert.config import (ALIASES, CHOICES, SHORTHANDS, Config, ConfigError, StageConfig, leaf_paths, load_config,
-                            parse_overrides, resolve_stage, save_config, stage_names)
+from jaxbert.config import (ALIASES, CHOICES, SHORTHANDS, Config, ConfigError, StageConfig, describe, help_text,
+                            leaf_paths, load_config, parse_overrides, resolve_stage, save_config, stage_names)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -30,11 +31,11 @@ def test_shipped_configs_load(name):
 
 
 def test_overrides_by_short_and_dotted_name():
-    overrides = parse_overrides(["--sampler=annealed", "--train.lr", "3e-5", "--tasks", "sst,sts", "--resume",
+    overrides = parse_overrides(["--sampler=annealed", "--train.lr", "3e-5", "--tasks", "sst,sts", "--remat",
                                  "--freeze-encoder", "false", "--data-dir=/x", "--max-steps=7"])
     config = load_config(None, overrides)
     assert config.train.sampler == "annealed" and config.train.lr == 3e-5
-    assert config.tasks == ["sst", "sts"] and config.resume is True and config.model.freeze_encoder is False
+    assert config.tasks == ["sst", "sts"] and config.model.remat is True and config.model.freeze_encoder is False
     assert config.data.data_dir == "/x" and config.train.max_steps == 7
 
 
@@ -257,12 +258,13 @@ def test_train_script_reports_an_unknown_option_in_one_line():
 def test_aliases_and_shorthands_name_real_settings():
     paths = leaf_paths()
     assert set(ALIASES) == {
-        "tasks", "out", "resume", "checkpoint", "dtype", "freeze_encoder", "hidden_dropout", "attention_dropout",
+        "tasks", "out", "checkpoint", "dtype", "freeze_encoder", "hidden_dropout", "attention_dropout",
         "remat", "sts_head", "hidden_layers", "activation", "data_dir", "sampler", "surgery", "lr", "epochs",
         "max_steps", "batch_size", "accumulation_steps", "seed", "seeds", "vmap_seeds"}
     for alias, key in ALIASES.items():
         assert key in paths, (alias, key)
-        assert parse_overrides([f"--{alias.replace('_', '-')}=x"]) == {key: "x"}
+        value = "true" if paths[key] is bool else "x"
+        assert parse_overrides([f"--{alias.replace('_', '-')}={value}"]) == {key: value}
     assert set(SHORTHANDS) == {*(s for s in choices.SURGERIES if s != "none"), "smart"}
     for name, (key, value) in SHORTHANDS.items():
         assert key in paths, (name, key)
@@ -368,3 +370,331 @@ def test_task_def_names_and_references():
     with pytest.raises(ConfigError, match=re.escape("smart.tasks ['mysim'] must be a non-empty subset")):
         load_config(None, {"tasks": "imdb", "task_defs": {"imdb": IMDB, "mysim": MYSIM}, "smart.enabled": "true",
                            "smart.tasks": "mysim"})
+
+
+# ----------------------------------------------------------------------------- --help
+
+
+SECTIONS = (jaxbert.config.ModelConfig, jaxbert.config.HeadsConfig, jaxbert.config.DataConfig,
+            jaxbert.config.TrainConfig, jaxbert.config.LossConfig, jaxbert.config.SmartConfig)
+DESCRIBED = (Config, *SECTIONS, StageConfig, jaxbert.config.TaskDef, jaxbert.config.HubConfig)
+
+
+def test_every_field_is_described_by_the_comment_on_it():
+    for cls in DESCRIBED:
+        source = inspect.getsource(cls)
+        for field in dataclasses.fields(cls):
+            text = describe(cls, field.name)
+            assert text.strip(), f"{cls.__name__}.{field.name} has no comment"
+            if cls is not StageConfig or field.name in ("name", "tasks"):
+                assert re.search(rf"\n    {field.name}: [^#]*# {re.escape(text)}\n", source), (cls, field.name)
+    # A stage's field without a comment of its own is described by the field it inherits.
+    assert describe(StageConfig, "lr") == describe(jaxbert.config.TrainConfig, "lr") == "AdamW's peak learning rate"
+    assert describe(StageConfig, "freeze_encoder") == describe(jaxbert.config.ModelConfig, "freeze_encoder")
+
+
+def help_line(text, key):
+    lines = [line for line in text.splitlines() if line.startswith(f"  {key} ")]
+    assert len(lines) == 1, (key, lines)
+    return re.sub(r"\s+", " ", lines[0].strip())
+
+
+def test_help_lists_every_key_with_type_default_choices_and_description():
+    text = help_text()
+    for key in leaf_paths():
+        if key not in ("stages", "task_defs"):
+            assert help_line(text, key)
+    assert help_line(text, "train.sampler") == (
+        "train.sampler str = roundrobin the tasks of each step: every one, one after another, or drawn by size "
+        "[roundrobin | sequential | proportional | annealed]")
+    assert help_line(text, "train.seeds").startswith("train.seeds int | list[int] = 1 N: seed")
+    assert help_line(text, "model.hidden_dropout").startswith("model.hidden_dropout float | null = null the encoder's")
+    assert help_line(text, "data.buckets").startswith("data.buckets list[int] = [32, 64, 128] ")
+    assert help_line(text, "heads.task_hidden_layers").startswith("heads.task_hidden_layers dict[str, int] = {} ")
+    assert help_line(text, "tasks").startswith("tasks list[str] = [sst, para, sts] ")
+    # stages and task_defs: their fields, YAML-only stages inheriting the run's keys
+    assert "stages: YAML only" in text and "task_defs: the user's own tasks, by name" in text
+    assert help_line(text, "stages[k].lr") == "stages[k].lr float | null = train.lr AdamW's peak learning rate"
+    assert help_line(text, "stages[k].surgery").endswith("[none | pcgrad | pcgrad_two_updates | gradvac | cagrad | "
+                                                        "mgda | imtl_g]")
+    assert help_line(text, "stages[k].freeze_encoder").startswith("stages[k].freeze_encoder bool | null = "
+                                                                  "model.freeze_encoder train the heads only")
+    for field in dataclasses.fields(jaxbert.config.TaskDef):
+        assert help_line(text, f"task_defs.NAME.{field.name}")
+    assert help_line(text, "task_defs.NAME.hf.splits").startswith(
+        "task_defs.NAME.hf.splits dict[str, str] = {train: train, dev: validation, test: test} ")
+    assert help_line(text, "task_defs.NAME.delimiter").startswith('task_defs.NAME.delimiter str = "\\t" ')
+    # then the aliases and the shorthands
+    assert help_line(text, "--lr") == "--lr --train.lr"
+    assert help_line(text, "--vmap-seeds") == "--vmap-seeds --train.vmap_seeds"
+    assert help_line(text, "--pcgrad") == "--pcgrad --train.surgery=pcgrad"
+    assert help_line(text, "--smart") == "--smart --smart.enabled=true (--smart=false: off)"
+    headings = [text.index(f"\n{name}:") for name in ("run", "model", "smart", "stages", "task_defs", "aliases")]
+    assert headings == sorted(headings)
+
+
+def test_help_of_one_section():
+    train = help_text("train")
+    assert train.startswith("train: sampling, optimizer, surgery, seeds (--train.KEY=VALUE)\n  train.sampler ")
+    assert "model." not in train and "--lr" not in train and train in help_text()
+    assert help_text("aliases").startswith("aliases: short forms") and "--pcgrad" in help_text("aliases")
+    assert "task_defs.NAME.hf.dataset" in help_text("task_defs")
+    with pytest.raises(ConfigError, match=re.escape("--help trian: no such section; sections: run, model, heads, "
+                                                    "data, train, losses, smart, distributed, stages, task_defs, aliases")):
+        help_text("trian")
+
+
+def test_train_script_help():
+    import train
+
+    assert train.requested_help(["--lr=1", "--tasks", "sst"]) is None
+    full = train.requested_help(["--lr=1", "--help"])
+    assert full == train.requested_help(["-h"]) == f"{train.__doc__.rstrip()}\n\n{help_text()}"
+    assert "python train.py --pcgrad --smart" in full and "--overwrite" in full and "--dry-run" in full
+    assert train.requested_help(["--help", "smart"]) == train.requested_help(["--help=smart"]) == help_text("smart")
+    result = run_python("train.py", "--help", "train")
+    assert result.returncode == 0 and result.stdout == help_text("train"), result.stderr
+    result = run_python("train.py", "--help=nope")
+    assert result.returncode != 0 and result.stderr.strip().splitlines() == [
+        "train.py: error: --help nope: no such section; sections: run, model, heads, data, train, losses, smart, "
+        "distributed, stages, task_defs, aliases"]
+
+
+# ----------------------------------------------------------------------------- command-line values
+
+
+@pytest.mark.parametrize("argv, key, value", [
+    (["--smart=false"], "smart.enabled", False), (["--smart=true"], "smart.enabled", True),
+    (["--smart", "false"], "smart.enabled", False), (["--smart", "yes"], "smart.enabled", True),
+    (["--vmap-seeds=false"], "train.vmap_seeds", False), (["--remat=true"], "model.remat", True),
+    (["--remat", "0"], "model.remat", False), (["--pcgrad=true"], "train.surgery", "pcgrad"),
+    (["--gradvac", "true"], "train.surgery", "gradvac"), (["--smart"], "smart.enabled", True),
+])
+def test_boolean_flags_take_values(argv, key, value):
+    assert jaxbert.config.get(load_config(None, parse_overrides(argv)), key) == value
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--pcgrad=false"], "--pcgrad=false: --pcgrad can only turn its method on; to train without one, use "
+                         "--surgery=none"),
+    (["--cagrad", "no"], "--cagrad no: --cagrad can only turn its method on"),
+    (["--smart=maybe"], "--smart: expected true or false, got 'maybe'"),
+    (["--remat=2"], "--remat: expected true or false, got '2'"),
+    (["--train.vmap_seeds=on"], "--train.vmap_seeds: expected true or false, got 'on'"),
+])
+def test_a_boolean_flag_refuses_other_values(argv, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_overrides(argv)
+
+
+def test_a_bare_boolean_leaves_the_next_argument_alone():
+    assert parse_overrides(["--remat", "--tasks", "sst"]) == {"model.remat": "true", "tasks": "sst"}
+    with pytest.raises(ConfigError, match="unexpected argument 'sst'"):
+        parse_overrides(["--smart", "sst"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--pcgrad", "--gradvac"], "--pcgrad and --gradvac give train.surgery two values: give one"),
+    (["--lr=1e-3", "--train.lr=2e-5"], "--lr=1e-3 and --train.lr=2e-5 give train.lr two values: give one"),
+    (["--smart", "--smart=false"], "--smart and --smart=false give smart.enabled two values: give one"),
+    (["--pcgrad", "--surgery", "none"], "--pcgrad and --surgery none give train.surgery two values"),
+    (["--train.loss_weights.sst=1", "--train.loss_weights.sst", "2"],
+     "--train.loss_weights.sst=1 and --train.loss_weights.sst 2 give train.loss_weights.sst two values"),
+])
+def test_two_values_for_one_key_are_an_error(argv, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_overrides(argv)
+
+
+def test_the_same_value_twice_is_one():
+    assert parse_overrides(["--pcgrad", "--surgery=pcgrad", "--train.surgery", "pcgrad"]) == {"train.surgery": "pcgrad"}
+    assert load_config(None, parse_overrides(["--lr=1e-3", "--train.lr=0.001"])).train.lr == 1e-3
+    assert parse_overrides(["--smart", "--smart=yes", "--smart.enabled", "1"]) == {"smart.enabled": "true"}
+
+
+# ----------------------------------------------------------------------------- settings that cannot act
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tasks", "sst", "--pcgrad"], "train.surgery 'pcgrad' combines the gradients of two or more tasks, and sst "
+                                     "trains alone: train more tasks, or surgery none (--surgery=none)"),
+    (["--tasks", "nli", "--smart"], "smart.enabled: SMART smooths a task's prediction, and none of the run's tasks "
+                                    "['nli'] has one: add such a task or drop --smart"),
+    (["--vmap-seeds"], "train.vmap_seeds vmaps a run's seeds in one program, and this run trains one seed: train "
+                       "more (--seeds 2) or drop --vmap-seeds"),
+    (["--seeds=[3]", "--vmap-seeds"], "this run trains one seed"),
+    (["--tasks", "para,sts", "--losses.supcon_weight=0.5"],
+     "losses.supcon_weight 0.5: the supervised contrastive term acts on softmax classification tasks, and the run's "
+     "tasks ['para', 'sts'] hold none: add one or set it to 0"),
+    (["--tasks", "para,sts", "--losses.simcse_weight=1"],
+     "losses.simcse_weight 1.0: none of losses.simcse_tasks ['sst'] is a task of the run ['para', 'sts']: name one "
+     "in losses.simcse_tasks or set the weight to 0"),
+])
+def test_a_setting_that_cannot_act_is_an_error(argv, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, parse_overrides(argv))
+
+
+def test_settings_that_act_load():
+    config = load_config(None, parse_overrides(["--tasks", "sst,sts", "--pcgrad", "--smart", "--seeds=2",
+                                                "--vmap-seeds", "--losses.supcon_weight=1",
+                                                "--losses.simcse_weight=1", "--losses.simcse_tasks=sts"]))
+    assert (config.train.surgery, config.smart.enabled, config.train.seed_list) == ("pcgrad", True, [0, 1])
+    assert load_config(None, parse_overrides(["--tasks", "nli,sts", "--smart"])).smart.enabled
+
+
+STAGED_SURGERY = """\
+tasks: [sst, para, sts]
+train: {surgery: pcgrad}
+stages:
+  - name: all
+  - {name: sts, tasks: [sts]}
+  - {name: pair, tasks: [para, sts], surgery: gradvac}
+"""
+
+
+def test_a_one_task_stage_trains_without_the_runs_surgery(tmp_path):
+    config = load_config(write(tmp_path / "staged.yaml", STAGED_SURGERY))
+    assert [resolve_stage(config, stage).train.surgery for stage in config.stages] == ["pcgrad", "none", "gradvac"]
+    assert config.train.surgery == "pcgrad"
+    with pytest.raises(ConfigError, match=re.escape(
+            "stages[1] (sts): train.surgery 'mgda' combines the gradients of two or more tasks, and sts trains alone")):
+        load_config(write(tmp_path / "own.yaml", STAGED_SURGERY.replace("[sts]}", "[sts], surgery: mgda}")))
+    # A stage without the tasks a method acts on trains without it: the run's tasks decide.
+    smart = load_config(write(tmp_path / "smart.yaml", "tasks: [sts, nli]\nsmart: {enabled: true}\n"
+                                                       "losses: {simcse_weight: 1, simcse_tasks: [sts]}\n"
+                                                       "stages:\n  - tasks: [nli]\n  - tasks: [sts]\n"))
+    assert resolve_stage(smart, smart.stages[0]).tasks == ["nli"]
+
+
+# ----------------------------------------------------------------------------- items of mappings
+
+
+def test_an_item_on_the_command_line_merges_into_the_files_mapping(tmp_path):
+    path = write(tmp_path / "w.yaml", "train:\n  loss_combination: weights\n  loss_weights: {sst: 1, para: 2, sts: 3}\n"
+                                      "data:\n  files: {sst: {dev: d.csv}}\n")
+    config = load_config(path, parse_overrides(["--train.loss_weights.sst=5", "--heads.task_hidden_layers.sts=1",
+                                                "--data.files.sst.train=my.csv", "--data.files.para.dev=p.csv"]))
+    assert config.train.loss_weights == {"sst": 5.0, "para": 2.0, "sts": 3.0}
+    assert config.heads.task_hidden_layers == {"sts": 1}
+    assert config.data.files == {"sst": {"dev": "d.csv", "train": "my.csv"}, "para": {"dev": "p.csv"}}
+    # A mapping given whole replaces the file's, as a YAML layer does.
+    whole = load_config(path, parse_overrides(["--train.loss_weights={sst: 1, para: 2, sts: 0.5}"]))
+    assert whole.train.loss_weights == {"sst": 1.0, "para": 2.0, "sts": 0.5}
+    with pytest.raises(ConfigError, match=re.escape("train.loss_weights must give a weight for each task")):
+        load_config(path, parse_overrides(["--train.loss_weights={sst: 1}"]))
+    with pytest.raises(ConfigError, match=re.escape("train.loss_weights: expected a mapping ({name: value, ...}), "
+                                                    "got 'sst'")):
+        load_config(path, parse_overrides(["--train.loss_weights=sst"]))
+    with pytest.raises(ConfigError, match="train.loss_weights.para: expected a number, got 'x'"):
+        load_config(path, parse_overrides(["--train.loss_weights.para=x"]))
+
+
+def test_task_def_fields_on_the_command_line(tmp_path):
+    path = write(tmp_path / "own.yaml", yaml.safe_dump({"tasks": ["sst", "imdb"], "task_defs": {"imdb": IMDB}}))
+    config = load_config(path, parse_overrides(["--task_defs.imdb.num_classes=3", "--task_defs.imdb.hf.dataset=x/y",
+                                                "--task_defs.imdb.hf.splits.dev=valid",
+                                                "--task_defs.imdb.files.test=t.tsv"]))
+    imdb = config.task_defs["imdb"]
+    assert imdb.num_classes == 3 and imdb.text == ["review"] and imdb.label == "stars"
+    assert imdb.files == {**IMDB["files"], "test": "t.tsv"}
+    assert imdb.hf.dataset == "x/y" and imdb.hf.splits == {"train": "train", "dev": "valid", "test": "test"}
+    new = load_config(None, parse_overrides(["--tasks=mine", "--task_defs.mine={kind: regression, text: [a, b], "
+                                             "label: s, label_range: [0, 1], files: {train: t.tsv}}",
+                                             "--task_defs.mine.encoding=bi"]))
+    assert new.task("mine").encoding == "bi" and new.task("mine").score_range == (0, 1)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train.lr.x=1"], "unknown option --train.lr.x: train.lr is a float setting, without items"),
+    (["--tasks.sst=1"], "unknown option --tasks.sst: tasks is a list[str] setting, without items"),
+    (["--task_defs.imdb.colour=red"], "unknown option --task_defs.imdb.colour: task_defs.imdb has the fields kind, "
+                                      "text, label"),
+    (["--task_defs.imdb.hf.url=x"], "unknown option --task_defs.imdb.hf.url: task_defs.imdb.hf has the fields "
+                                    "dataset, config, splits, columns"),
+    (["--train.loss_weight.sst=2"], "unknown option --train.loss_weight.sst; did you mean --train.loss_weights.sst?"),
+    (["--task_def.x.kind=regression"], "unknown option --task_def.x.kind; did you mean --task_defs.x.kind?"),
+    (["--heads.task_hidden_layers.sts"], "--heads.task_hidden_layers.sts needs a value"),
+])
+def test_bad_item_paths_name_the_option(argv, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_overrides(argv)
+
+
+# ----------------------------------------------------------------------------- seeds
+
+
+@pytest.mark.parametrize("argv, seed, seeds, seed_list", [
+    (["--seeds", "3"], 0, 3, [0, 1, 2]),
+    (["--seeds=3", "--seed=4"], 4, 3, [4, 5, 6]),
+    (["--seeds", "0,1,5"], 0, [0, 1, 5], [0, 1, 5]),
+    (["--seeds=[5, 1]"], 5, [5, 1], [5, 1]),
+    (["--seeds", "2,3,4"], 2, 3, [2, 3, 4]),  # consecutive: the count it stands for
+    (["--seeds=7,", "--seed=9"], 7, 1, [7]),  # a list overrides train.seed
+])
+def test_seeds_are_a_number_or_a_list(argv, seed, seeds, seed_list, tmp_path):
+    config = load_config(None, parse_overrides(argv))
+    assert (config.train.seed, config.train.seeds, config.train.seed_list) == (seed, seeds, seed_list)
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+
+
+@pytest.mark.parametrize("value, message", [
+    ("0", "train.seeds must be at least 1, got 0"),
+    ("0,0", "train.seeds: [0, 0] repeats a seed"),
+    ("1,-2", "train.seeds: -2 is not a non-negative integer"),
+    ("[]", "train.seeds must name at least one seed, got []"),
+])
+def test_bad_seeds(value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, {"train.seeds": value})
+
+
+def test_one_seed_rule_for_train_and_suites():
+    assert jaxbert.config.parse_seeds(3, "seeds") == [0, 1, 2] == jaxbert.config.parse_seeds("3", "seeds")
+    assert jaxbert.config.parse_seeds("0,1,5", "seeds") == [0, 1, 5] == jaxbert.config.parse_seeds([0, 1, 5], "seeds")
+    assert jaxbert.config.parse_seeds(2, "seeds", first=4) == [4, 5]
+    with pytest.raises(ConfigError, match=re.escape("--seeds must be a number of seeds (3) or a list of seeds "
+                                                    "(0,1,5), got 'a,b'")):
+        jaxbert.config.parse_seeds("a,b", "--seeds")
+
+
+# ----------------------------------------------------------------------------- resume and train.py's flags
+
+
+def test_resume_is_no_config_key(tmp_path):
+    assert "resume" not in leaf_paths() and "resume" not in ALIASES
+    assert "resume" not in yaml.safe_load(yaml.safe_dump(jaxbert.config.to_dict(Config())))
+    path = write(tmp_path / "config.yaml", "out: runs/x\nresume: false\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: `resume:` is no config key: --resume is a flag of "
+                                                    "train.py's command line (an older run folder's config.yaml holds "
+                                                    "`resume: false`: delete that line)")):
+        load_config(path)
+    with pytest.raises(ConfigError, match="unknown option --resume"):
+        parse_overrides(["--resume"])
+
+
+def test_train_script_flags(tmp_path):
+    import train
+
+    path = write(tmp_path / "c.yaml", "train: {lr: 1.0e-3}\n")
+    config, flags = train.parse_args(["--config", str(path), "--resume", "--epochs=2"])
+    assert config.train.lr == 1e-3 and config.train.epochs == 2
+    assert flags == {"resume": True, "overwrite": False, "dry_run": False}
+    config, flags = train.parse_args([f"--config={path}", "--dry-run", "--overwrite=true", "--resume=false"])
+    assert config.train.lr == 1e-3 and flags == {"resume": False, "overwrite": True, "dry_run": True}
+    assert train.parse_args(["--dry_run", "yes"])[1]["dry_run"] is True
+    assert train.parse_args([])[0] == load_config(None)
+    for argv, message in ((["--resume", "--overwrite"], "--resume continues the run in `out` and --overwrite clears "
+                                                        "it: give one of them"),
+                          (["--resume", "--resume=false"], "--resume and --resume=false give --resume two values"),
+                          (["--dry-run=perhaps"], "--dry-run: expected true or false, got 'perhaps'"),
+                          (["--config"], "--config needs a value")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            train.parse_args(argv)
+
+
+def test_flags_of_the_calling_script_are_returned_apart():
+    overrides, flags = jaxbert.config.parse_command_line(
+        ["--lr=1", "--resume", "--config", "c.yaml", "--pcgrad"], {"resume": bool, "config": str})
+    assert overrides == {"train.lr": "1", "train.surgery": "pcgrad"} and flags == {"resume": True, "config": "c.yaml"}

@@ -89,7 +89,7 @@ def test_class_and_score_labels(tmp_path):
     sts = read_split(write_tsv(tmp_path / "t.csv", STS_HEADER, "0\ti0\ta\tb\t5.0", "1\ti1\ta\tb\t5.1",
                                "2\ti2\ta\tb\t0.8", "3\ti3\ta\tb\tnan"), TASKS["sts"])
     assert sts.labels.dtype == np.float32 and np.allclose(sts.labels, [5.0, 0.8])
-    assert sts.skipped == {"label out of range": 1, "unparsable label": 1}
+    assert sts.skipped == {"label out of range": 1, "non-finite label": 1}
     assert read_split(write_tsv(tmp_path / "u.csv", SST_HEADER, "0\ti0\tok\t1"), TASKS["sst"]).summary() == \
         "u.csv: 1 rows, none skipped"
 
@@ -375,9 +375,12 @@ def test_id_column_is_optional_and_the_delimiter_the_tasks(tmp_path):
 
 def test_undecodable_file_is_one_clear_error(tmp_path):
     path = tmp_path / "ids-sst-dev.csv"
-    path.write_bytes(f"{SST_HEADER}\n0\ti0\tcaf\xe9\t2\n".encode("latin-1"))
-    with pytest.raises(ValueError, match=re.escape(f"{path}: not UTF-8 text (byte ") + r"\d+\): save it as UTF-8"):
+    before = f"{SST_HEADER}\n0\ti0\tcaf"
+    path.write_bytes(f"{before}\xe9\t2\n".encode("latin-1"))
+    with pytest.raises(ValueError) as err:  # its one row is bad: a file mostly not UTF-8 is refused, not skipped
         read_split(path, TASKS["sst"])
+    assert str(err.value) == (f"{path}: not UTF-8 text (1 of 1 data rows; the first bad byte at line 2, byte offset "
+                              f"{len(before)}): save it as UTF-8")
     with pytest.raises(FileNotFoundError, match=re.escape(f"sst data file not found: {tmp_path}")):
         read_split(tmp_path, TASKS["sst"])  # a folder is not a data file
 

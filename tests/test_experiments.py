@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from jaxbert import experiments, training
-from jaxbert.config import leaf_paths, load_config, save_config
+from jaxbert.config import help_text, leaf_paths, load_config, save_config
 from jaxbert.experiments import SuiteError, load_suite, plan
-from conftest import Interrupted, tiny_checkpoint, write_fixture_data
+from conftest import Interrupted, dev_rows, tiny_checkpoint, write_fixture_data
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
@@ -95,7 +95,7 @@ def test_plan_resolves_overrides_and_skips_complete_runs(tmp_path):
     config = jobs[2].config()
     # config file < suite < row < command line; the runner's keys last
     assert config.train.lr == 1e-3 and config.train.surgery == "pcgrad" and config.train.epochs == 4
-    assert config.train.batch_size == 8 and config.train.seed == 0 and config.resume
+    assert config.train.batch_size == 8 and config.train.seed_list == [0] and not config.train.vmap_seeds
     assert Path(config.out) == results / "demo" / "pcgrad" / "seed0" == jobs[2].folders[0]
     assert jobs[1].config().train.seed == 1 and jobs[1].config().train.surgery == "none"
     assert [(j.row, j.seeds) for j in plan(suite, results, seeds=[1, 2], only=["pcgrad"])] == [("pcgrad", (2,))]
@@ -115,7 +115,8 @@ def test_plan_refuses_a_run_folder_made_with_another_config(tmp_path):
     with pytest.raises(SuiteError, match=r"plain/seed0 was trained with another config .*train\.lr: 5e-05 there, "
                                          r"0\.001 now"):
         plan(suite, results)
-    # The runner's own keys (out, seed, resume) and keys the code no longer knows are not compared.
+    # The runner's own keys (out, seed) and keys the code no longer knows (an older folder's `resume`) are not
+    # compared.
     saved = yaml.safe_load((folder / "config.yaml").read_text())
     saved["train"].update(lr=1e-3, seed=7, retired_option=1)
     saved["resume"] = False
@@ -132,9 +133,10 @@ def test_vmapped_plan_groups_consecutive_missing_seeds(tmp_path):
     jobs = plan(suite, results, only=["plain"])
     assert [j.seeds for j in jobs] == [(0,), (2, 3), (5,)]
     single, vmapped = jobs[0], jobs[1]
-    assert "train.seeds" not in single.overrides and Path(single.overrides["out"]) == results / "demo/plain/seed0"
+    assert (single.overrides["train.seed"], single.overrides["train.seeds"], single.overrides["train.vmap_seeds"]) == (
+        0, 1, False) and Path(single.overrides["out"]) == results / "demo/plain/seed0"
     assert vmapped.overrides["train.seed"] == 2 and vmapped.overrides["train.seeds"] == 2
-    assert vmapped.overrides["train.vmap_seeds"] is True and vmapped.overrides["resume"] is True
+    assert vmapped.overrides["train.vmap_seeds"] is True and "resume" not in vmapped.overrides
     assert Path(vmapped.overrides["out"]) == results / "demo" / "plain"
     assert vmapped.folders == (results / "demo/plain/seed2", results / "demo/plain/seed3")
     assert "train.vmap_seeds" in leaf_paths()  # multi-seed training is in this version of the config
@@ -142,6 +144,43 @@ def test_vmapped_plan_groups_consecutive_missing_seeds(tmp_path):
     assert (config.train.seed, config.train.seeds, config.train.vmap_seeds) == (2, 2, True)
     lines = experiments.describe_plan(suite, results, jobs, only=["plain"])
     assert sum("seeds 2,3 vmapped in one call" in line for line in lines) == 2
+
+
+@pytest.mark.parametrize("seeds, expected", [("3", (0, 1, 2)), ("1", (0,)), ("[0, 1, 5]", (0, 1, 5)),
+                                            ("'0,1,5'", (0, 1, 5)), ("[2, 3]", (2, 3))])
+def test_suite_seeds_mean_what_train_seeds_mean(tmp_path, seeds, expected):
+    """A number is that many seeds from 0 (the runner sets each run's train.seed), a list exactly those."""
+    suite = load_suite(write_suite(tmp_path, GOOD.replace("seeds: [0, 1]", f"seeds: {seeds}")))
+    assert suite.seeds == expected
+    assert [j.seeds for j in plan(suite, tmp_path / "results", only=["plain"])] == [(s,) for s in expected]
+
+
+def test_command_line_seeds_mean_what_train_seeds_mean(tmp_path):
+    assert experiments.parse_seeds("3", "--seeds") == (0, 1, 2) and experiments.parse_seeds("0,1,5", "--seeds") == (
+        0, 1, 5)
+    suite = load_suite(write_suite(tmp_path, GOOD))
+    jobs = plan(suite, tmp_path / "results", seeds=experiments.parse_seeds("3", "--seeds"), only=["plain"])
+    assert [(j.seeds, j.config().train.seed_list) for j in jobs] == [((s,), [s]) for s in (0, 1, 2)]
+    with pytest.raises(SuiteError, match=r"--seeds must be at least 1, got 0"):
+        experiments.parse_seeds("0", "--seeds")
+
+
+def test_runner_help(capsys):
+    with pytest.raises(SystemExit) as exited:
+        experiments.main(["--help"])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0 and out.startswith("usage: python -m jaxbert.experiments")
+    words = " ".join(out.split())
+    assert "3 (seeds 0, 1, 2) or 0,1,5" in words and "`python train.py`'s command line (`--help SECTION`" in words
+    for argv in (["--help", "smart"], ["--help=smart"], ["suite.yaml", "-h", "smart"]):
+        with pytest.raises(SystemExit) as exited:
+            experiments.main(argv)
+        assert exited.value.code == 0 and capsys.readouterr().out == help_text("smart")
+    with pytest.raises(SystemExit, match=r"^jaxbert\.experiments: error: --help nope: no such section; sections: "):
+        experiments.main(["--help", "nope"])
+    with pytest.raises(SystemExit) as exited:
+        experiments.main([])
+    assert exited.value.code == 2 and "required: suite" in capsys.readouterr().err
 
 
 def test_mean_std_and_learning_curves():
@@ -212,7 +251,7 @@ def test_tiny_suite_end_to_end(tiny_suite, capsys, monkeypatch):
             run = folder / row / f"seed{seed}"
             results_json = json.loads((run / "results.json").read_text())
             assert results_json["steps"] == 10 and results_json["config"]["train"]["seed"] == seed
-            records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            records = dev_rows(run)
             assert [r["step"] for r in records] == [5, 10]  # the resumed run did not repeat epoch 1
             assert (run / "commit.txt").read_text().split()[0].startswith(commit)
             runs[row, seed] = results_json, records
@@ -267,7 +306,7 @@ def test_tiny_suite_end_to_end(tiny_suite, capsys, monkeypatch):
 
 def test_bad_command_line_exits_with_the_reason(tiny_suite):
     path, results = tiny_suite
-    for argv, message in ((["--only", "nope"], "no row 'nope'"), (["--seeds", "0,x"], "--seeds: 'x' is not"),
+    for argv, message in ((["--only", "nope"], "no row 'nope'"), (["--seeds", "0,x"], "--seeds must be a number of seeds"),
                           (["--train.lrr=1"], "unknown option --train.lrr"), (["--seed=2"], "set by the suite runner")):
         with pytest.raises(SystemExit, match=message):
             experiments.main([str(path), "--results", str(results), "--dry-run", *argv])

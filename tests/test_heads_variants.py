@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import TINY, WORDS, random_batch, run_config, sentence, tiny_checkpoint, write_fixture_data
+from conftest import (TINY, WORDS, dev_rows, random_batch, run_config, sentence, tiny_checkpoint,
+                      write_fixture_data)
 from jaxbert import losses
 from jaxbert.config import ConfigError, HeadsConfig, load_config, parse_overrides
 from jaxbert.data import encode_split, load_task_data, read_hf_split, read_split
@@ -487,7 +488,7 @@ def test_train_with_nli_and_tweet(nli_tweet_workspace):
     tweet = (out / "predictions" / "tweet-dev-output.csv").read_text().splitlines()
     assert tweet[0] == "id \t Predicted_Sentiment " and len(tweet) == 13
     assert not list((out / "predictions").glob("nli-*"))
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = dev_rows(out)
     assert len(records) == 2 and all("tweet" in r["dev"] for r in records)
 
     # nli alone: nothing to score, so the run keeps its latest state and reports no dev metrics.

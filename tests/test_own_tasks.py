@@ -10,7 +10,7 @@ import yaml
 
 import predict
 import train
-from conftest import ARGS, sentence, workspace  # noqa: F401 (fixture)
+from conftest import ARGS, dev_rows, sentence, workspace  # noqa: F401 (fixture)
 from jaxbert import experiments
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
@@ -121,7 +121,7 @@ def test_own_task_in_a_staged_run(workspace, own):
     staged.write_text(yaml.safe_dump({"base": own.name, "stages": [{"name": "imdb_only", "tasks": ["imdb"],
                                                                      "epochs": 1}, {"name": "all", "epochs": 1}]}))
     train.main(["--config", str(staged), *train_args(workspace, out)])
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = dev_rows(out)
     assert [r["stage_name"] for r in records] == ["imdb_only", "all"]
     assert set(records[0]["dev"]) == {"sst", "imdb", "mysim", "overall", "mean"}  # every run task is evaluated
     assert set(json.loads((out / "results.json").read_text())["metrics"]["dev"]) >= {"imdb", "mysim"}

@@ -2,6 +2,7 @@
 layout both multi-seed modes write, an interrupted vmapped run resumed exactly, and the config errors."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -10,9 +11,10 @@ import numpy as np
 import pytest
 
 import train
-from conftest import ARGS, assert_tree_close, killed_after_checkpoint, restore, run_config, staged_config
+from conftest import ARGS, assert_tree_close, dev_rows, killed_after_checkpoint, restore, run_config, staged_config
 from conftest import workspace  # noqa: F401 (fixture: the tiny BERT and fixture data)
-from jaxbert.config import ConfigError, load_config, parse_overrides, replace, to_dict
+from jaxbert.config import ConfigError, load_config, parse_overrides, to_dict
+from jaxbert.run_folder import RunFolderError
 from jaxbert.training import train_and_evaluate
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
@@ -27,7 +29,7 @@ METRICS_RTOL = 1e-3
 
 
 def dev_history(folder):
-    return [json.loads(line)["dev"] for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
+    return [row["dev"] for row in dev_rows(folder)]
 
 
 def flat(metrics, prefix=""):
@@ -124,8 +126,7 @@ def test_vmapped_run_resumes_exactly(workspace, vmapped, monkeypatch):  # noqa: 
     assert (progress["epoch"], progress["step_in_epoch"], len(progress["seeds"])) == (0, 4, 2)
 
     logs = []
-    config = replace(config, {"resume": True})
-    resumed = train_and_evaluate(config, log=logs.append)
+    resumed = train_and_evaluate(config, log=logs.append, resume=True)
     assert any("resumed from step 4" in line for line in logs), logs
     for seed in SEEDS:
         full = json.loads((vmapped / f"seed{seed}" / "results.json").read_text())
@@ -145,16 +146,19 @@ def test_seed_flags_and_errors():
         load_config(None, parse_overrides(["--seeds=0"]))
     with pytest.raises(ConfigError, match="train.seeds: expected an integer, got 'two'"):
         load_config(None, parse_overrides(["--seeds=two"]))
-    with pytest.raises(ConfigError, match="train.vmap_seeds: expected true or false"):
+    with pytest.raises(ConfigError, match="--vmap-seeds: expected true or false"):
         load_config(None, parse_overrides(["--vmap-seeds=sometimes"]))
 
 
 def test_resume_with_another_seed_count_is_an_error(workspace, vmapped, tmp_path):  # noqa: F811
     shutil.copytree(vmapped / "checkpoints", tmp_path / "checkpoints")
-    for seeds, trains in (("--seeds=3", 3), ("--seeds=1", 1)):
-        config = run_config(workspace, tmp_path, *EXTRA, seeds, "--vmap-seeds", "--resume")
-        with pytest.raises(ConfigError, match=rf"checkpoints holds 2 seed\(s\), this run trains {trains} "):
-            train_and_evaluate(config, log=lambda _: None)
+    shutil.copyfile(vmapped / "config.yaml", tmp_path / "config.yaml")
+    for seeds, vmap, named in ((["--seeds=3"], ["--vmap-seeds"], "train.seeds: 2 in the run, 3 now"),
+                               (["--seeds=1"], [], "train.seeds: 2 in the run, 1 now; train.vmap_seeds: True in the run, "
+                                                   "False now")):
+        config = run_config(workspace, tmp_path, *EXTRA, *seeds, *vmap)
+        with pytest.raises(RunFolderError, match=re.escape(named)):
+            train_and_evaluate(config, log=lambda _: None, resume=True)
 
 
 HEADS_THEN_STS = """\
@@ -179,7 +183,7 @@ def test_vmapped_seeds_of_a_staged_run(workspace):  # noqa: F811
                                               "--train.data_seed=3"), log=lambda _: None)
     folder = out / "seed4"
     stages = [(r["epoch"], r["stage"], r["stage_name"], r["stage_epoch"], r["step"])
-              for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())]
+              for r in dev_rows(folder)]
     assert stages == [(1, 0, "heads", 1, 5), (2, 1, "sts", 1, 10)]
     assert by_seed[4]["steps"] == single["steps"] == 10 and by_seed[4]["best_epoch"] == single["best_epoch"]
     # After the STS stage the tiny model's Pearson correlation is near 0: an ulp of the scores moves it by ~1e-5

@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ARGS, killed_after_checkpoint, restore, run_config, workspace  # noqa: F401 (fixture)
+from conftest import ARGS, dev_rows, killed_after_checkpoint, restore, run_config, workspace  # noqa: F401 (fixture)
 from jaxbert import build, checkpoint as checkpoint_lib
-from jaxbert.config import ConfigError, load_config, replace
+from jaxbert.config import load_config, replace, save_config
+from jaxbert.run_folder import RunFolderError
 from jaxbert.training import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def test_train_py_end_to_end(workspace):
     assert dev["overall"] == pytest.approx((dev["sst"]["accuracy"] + dev["para"]["accuracy"]
                                             + (dev["sts"]["pearson"] + 1) / 2) / 3)
     assert results["steps"] == 2 * (40 // 8) and results["config"]["train"]["sampler"] == "roundrobin"
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert len(dev_rows(out)) == 2
     assert load_config(out / "config.yaml").train.batch_size == 8
     assert (out / "dev_curves.png").stat().st_size > 0 and any((out / "tensorboard").iterdir())
     sst_dev = (out / "predictions" / "sst-dev-output.csv").read_text().splitlines()
@@ -71,12 +72,14 @@ def test_interrupted_run_resumes_exactly(workspace, monkeypatch):
     assert (progress["epoch"], progress["step_in_epoch"], len(progress["seeds"])) == (0, 4, 1)
 
     logs = []
-    resumed = train_and_evaluate(run_config(workspace, root / "cut", *extra, "--resume"), log=logs.append)
+    resumed = train_and_evaluate(run_config(workspace, root / "cut", *extra), log=logs.append, resume=True)
     assert any("resumed from step 4" in line for line in logs), logs
     assert resumed["steps"] == full["steps"] == 12
     assert resumed["metrics"] == full["metrics"]
-    dev = lambda out: [json.loads(line)["dev"] for line in (out / "metrics.jsonl").read_text().splitlines()]  # noqa
-    assert dev(root / "cut") == dev(root / "full")
+    assert [r["dev"] for r in dev_rows(root / "cut")] == [r["dev"] for r in dev_rows(root / "full")]
+    train_rows = lambda out: [(r["step"], {k: v for k, v in r["train"].items() if k != "examples_per_sec"})  # noqa
+                              for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "train" in r]
+    assert train_rows(root / "cut") == train_rows(root / "full") and len(train_rows(root / "full")) == 12
     (a, _), (b, _) = restore(root / "full"), restore(root / "cut")
     assert jax.tree.structure(a["params"]) == jax.tree.structure(b["params"])
     for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
@@ -138,10 +141,11 @@ def test_resuming_an_old_format_checkpoint_is_refused(workspace, tmp_path):
     store.save(old_state, {"stage": 0, "epoch": 0, "step_in_epoch": 4, "best_score": -math.inf, "history": [],
                            "score": -math.inf})
     store.close()
+    save_config(run_config(workspace, out), out / "config.yaml")
     assert "seeds" not in restore(out)[1]
-    with pytest.raises(ConfigError, match=r"--resume: the checkpoint in .*checkpoints was written by an older "
-                                          r"jaxbert"):
-        train_and_evaluate(run_config(workspace, out, "--resume"), log=lambda _: None)
+    with pytest.raises(RunFolderError, match=r"--resume: the checkpoint in .*checkpoints was written by an older "
+                                             r"jaxbert"):
+        train_and_evaluate(run_config(workspace, out), log=lambda _: None, resume=True)
     assert not (out / "metrics.jsonl").exists() and not (out / "results.json").exists()
 
 
@@ -149,7 +153,7 @@ def test_train_py_config_error_is_one_line(workspace, tmp_path):
     """A bad option ends train.py with its reason on one line, no traceback, before any training."""
     bert, data, root = workspace
     out = tmp_path / "bad"
-    result = train_py(f"--checkpoint={bert}", f"--data-dir={data}", f"--out={out}", *ARGS, "--train.epochs=0")
+    result = train_py(f"--checkpoint={bert}", f"--data-dir={data}", f"--out={out}", *ARGS[1:], "--train.epochs=0")
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.splitlines() == ["train.py: error: train.epochs must be at least 1, got 0"]
     assert not out.exists()
