@@ -13,7 +13,7 @@ train.py's own flags, which are no config keys and are never saved:
     --config FILE      the YAML config to start from (the defaults without one)
     --resume           continue the run in `out` from its latest checkpoint
     --overwrite        clear `out`'s previous run first
-    --dry-run          check the config, the data and the checkpoint, print the plan; train nothing, write nothing
+    --dry-run          check the config, the data and the checkpoint, print the plan; train and write nothing
     --help [SECTION]   this text, or only one section of the config keys below (--help train)
 """
 

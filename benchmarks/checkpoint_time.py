@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a script in benchmarks/ imports the library from the root
 
 
 def main(argv=None) -> None:

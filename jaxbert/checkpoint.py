@@ -26,6 +26,10 @@ import orbax.checkpoint as ocp
 
 from jaxbert.errors import CheckpointError
 
+# The layout of the train state a checkpoint holds; a checkpoint of another layout is not resumed.
+# 2: stacked over a seed axis, with the non-finite guard in `extra`.
+STATE_FORMAT = 2
+
 
 # An unfinished save's folder, as Orbax's atomic rename leaves it when the process dies before the rename.
 _UNFINISHED = re.compile(r"(\d+)" + re.escape(ocp.path.step.TMP_DIR_SUFFIX))
@@ -192,7 +196,8 @@ class CheckpointStore:
                 deleted.append(newer)
             for path in _listing(manager):
                 if (m := _UNFINISHED.fullmatch(path.name)) and int(m.group(1)) > step:
-                    shutil.rmtree(path)
+                    if jax.process_index() == 0:  # one deleter of the folder all processes share
+                        shutil.rmtree(path, ignore_errors=True)
                     deleted.append(int(m.group(1)))
         return sorted(set(deleted))
 

@@ -40,6 +40,14 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def all_agree(ok: bool) -> bool:
+    """Process 0's `ok`, on every process (a barrier too): so that a decision only process 0 can make stops all
+    of them, not only itself."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(ok)))
+
+
 def to_host(tree: Any) -> Any:
     """`jax.device_get` for arrays of every process: one sharded over several processes is gathered whole."""
     def fetch(x):

@@ -43,7 +43,7 @@ class StopRequests:
 
     @property
     def name(self) -> str:
-        return signal.Signals(self.received).name if self.received is not None else ""
+        return signal.Signals(self.received).name if self.received is not None else "a preemption notice"
 
     def requested(self, step: int) -> bool:
         """Whether the run should stop after `step`; every process agrees on it."""

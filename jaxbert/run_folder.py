@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from jaxbert.checkpoint import CheckpointStore, Intact
+from jaxbert.checkpoint import STATE_FORMAT, CheckpointStore, Intact
 from jaxbert.config import Config, ConfigError, get, load_config, to_dict
 from jaxbert.errors import CheckpointError, UserError
 
@@ -98,17 +98,20 @@ def locked(folder: Path, log: Callable[[str], None]) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
     me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
     path = folder / LOCK
+    staged = folder / f"{LOCK}.{me['pid']}"
+    staged.write_text(json.dumps(me))
     for _ in range(2):
         try:
-            with open(path, "x") as f:  # atomic: of two runs starting at once, one creates it
-                json.dump(me, f)
+            os.link(staged, path)  # atomic and whole: of two runs starting at once, one creates it, holding its record
             break
         except FileExistsError:
             check_unlocked(folder)
             log(f"{folder}: took over the lock of the run of {lock_holder(folder) or 'unknown'}, which is gone")
             path.unlink(missing_ok=True)
     else:
+        staged.unlink()
         raise RunFolderError(f"{folder}: another run took the lock while this one started; try again")
+    staged.unlink()
     try:
         yield
     finally:
@@ -195,9 +198,9 @@ def latest_progress(folder: Path, seeds: int) -> Intact:
     finally:
         store.close()
     progress = found.progress
-    if progress is not None and "seeds" not in progress:
-        raise RunFolderError(f"--resume: the checkpoint in {where} was written by an older jaxbert, whose state had "
-                             "no seed axis: finish it with that version, or train into another out folder")
+    if progress is not None and progress.get("format") != STATE_FORMAT:
+        raise RunFolderError(f"--resume: the checkpoint in {where} was written by an older jaxbert, whose train state "
+                             "had another layout: finish it with that version, or train into another out folder")
     if progress is not None and len(progress["seeds"]) != seeds:
         raise RunFolderError(f"--resume: the checkpoint in {where} holds {len(progress['seeds'])} seed(s), this run "
                              f"trains {seeds} (train.seeds, train.vmap_seeds): resume with the settings it was "

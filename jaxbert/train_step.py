@@ -389,7 +389,7 @@ def guard_nonfinite(old: TrainState, new: TrainState, metrics: dict[str, jax.Arr
     state = new.replace(params=jax.tree.map(pick, new.params, old.params),
                         opt_state=jax.tree.map(pick, new.opt_state, old.opt_state),
                         extra={**extra, "guard": {"frozen": frozen, "in_a_row": in_a_row, "skipped": skipped}})
-    return state, {**metrics, "skipped": skipped}
+    return state, {**metrics, "skipped": skipped, "frozen": frozen}
 
 
 def train_step(state: TrainState, batches: Batches, base_keys: jax.Array, *, model: MultitaskBert,

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from jaxbert import build, distributed
 from jaxbert import run_folder
 from jaxbert import data as data_lib
-from jaxbert.checkpoint import CheckpointStore
+from jaxbert.checkpoint import STATE_FORMAT, CheckpointStore
 from jaxbert.config import Config, ConfigError, TrainConfig, replace, resolve_stage, save_config, stage_names, to_dict
 from jaxbert.heads import MultitaskBert
 from jaxbert.metrics import summarize, task_metric
@@ -260,7 +260,7 @@ class Recorder:
     def progress(self, position: dict[str, int]) -> dict[str, Any]:
         """What a checkpoint records beside the state: the loop position (stage, epoch, step in it) and every
         seed's record."""
-        return {**position, "seeds": self.records}
+        return {**position, "seeds": self.records, "format": STATE_FORMAT}
 
     def resume(self, progress: dict[str, Any]) -> dict[str, int]:
         """Takes the records of a checkpoint's `progress` (`run_folder.check_start` checked it fits); returns its
@@ -461,6 +461,7 @@ def run_stage(run: Run, stage: Stage, params: Any, start_step: jax.Array, positi
         device_batches = prefetch(shard_batch(step_batches(train, plan[i], config.data.buckets), run.mesh)
                                   for i in range(first, len(plan)))
         pending = []  # (global step, its metrics on the device) since the host last looked at them
+        preempted = ""
         for i, batches in zip(bar, device_batches):
             state, step_metrics = train_step(state, batches)
             examples += sum(len(b["input_ids"]) for b in batches.values())
@@ -478,10 +479,13 @@ def run_stage(run: Run, stage: Stage, params: Any, start_step: jax.Array, positi
                     run.log(f"{label}step {done}/{total_steps} loss {loss} "
                             f"{rate:.0f} examples/s, ETA {eta / 60:.1f} min (this epoch's rate)")
             if run.stop.requested(global_step):
+                preempted = (f"preempted by {run.stop.name} at step {global_step} ({label}epoch {epoch + 1}, step "
+                             f"{step} of {len(plan)}), checkpointed: continue with --resume")
+                if step == len(plan):  # the epoch's end checkpoints it, as an uninterrupted run's does
+                    break
                 check_finite(pending, state, stage, where, run)
                 recorder.save_latest(state, where)
-                raise RunStopped(f"preempted by {run.stop.name} at step {global_step} ({label}epoch {epoch + 1}, step "
-                                 f"{step} of {len(plan)}), checkpointed: continue with --resume")
+                raise RunStopped(preempted)
             if t.checkpoint_every and step % t.checkpoint_every == 0 and step < len(plan):
                 check_finite(pending, state, stage, where, run)
                 recorder.save_latest(state, where)
@@ -490,6 +494,8 @@ def run_stage(run: Run, stage: Stage, params: Any, start_step: jax.Array, positi
         evaluations = evaluate(run.data, run.predictors, state.params, run.mesh, config, "dev")
         recorder.end_epoch(evaluations, state, stage, {"stage": stage.index, "epoch": epoch + 1, "step_in_epoch": 0},
                            examples / max(time.time() - tick, 1e-9), run.log)
+        if preempted:
+            raise RunStopped(preempted)
     return state
 
 
@@ -504,16 +510,20 @@ def check_finite(pending: list[tuple[int, dict[str, jax.Array]]], state: TrainSt
     pending.clear()
     t, label = stage.config.train, f"stage {stage.name}, " if stage.name else ""
     bad_by_seed: list[list[tuple[int, str]]] = [[] for _ in run.recorder.seeds]
+    froze_at: list[tuple[int, str] | None] = [None for _ in run.recorder.seeds]  # the step that froze each seed
     for step, metrics in zip(steps, host):
         for k, bad in enumerate(bad_by_seed):
-            values = [f"{name} {float(value[k])}" for name, value in metrics.items() if not np.isfinite(value[k])]
+            values = [f"{name} {float(value[k])}" for name, value in metrics.items()
+                      if name != "frozen" and not np.isfinite(value[k])]
             if values:
                 bad.append((step, ", ".join(values)))
+            if metrics["frozen"][k] and froze_at[k] is None:
+                froze_at[k] = bad[-1] if bad and bad[-1][0] == step else (step, "an earlier step")
     frozen = np.asarray(jax.device_get(state.extra["guard"]["frozen"]))
     for k, bad in enumerate(bad_by_seed):
         seed = run.recorder.label(k)
         if frozen[k]:
-            step, values = (bad[0] if t.nonfinite == "stop" else bad[-1]) if bad else (steps[-1], "an earlier step")
+            step, values = froze_at[k] or (steps[0], "a step before")
             latest = run.recorder.store.latest.latest_step()
             rule = (f"train.nonfinite stop: step {step}" if t.nonfinite == "stop" else
                     f"train.nonfinite skip: {t.max_nonfinite} steps in a row up to step {step}")
@@ -568,12 +578,21 @@ def train_and_evaluate(config: Config, log: Callable[[str], None] = print, *, re
         log("--dry-run: nothing trained, nothing written")
         return None
     distributed.barrier("jaxbert: every process checked the run folder")  # before process 0 writes to it
-    with run_folder.locked(start.folder, log) if writer else contextlib.nullcontext():
-        if writer and run_folder.is_used(start.folder) != start.used:  # another run began while this one loaded
-            raise run_folder.RunFolderError(f"{start.folder} changed while this run loaded its data: start it again")
-        if writer and start.used and start.mode == "new":
-            log(f"--overwrite: deleted {', '.join(run_folder.clear(start.folder))} in {start.folder}")
-        distributed.barrier("jaxbert: the run folder is ready")
+    with contextlib.ExitStack() as lock:
+        refused = None
+        if writer:  # process 0 locks and clears the folder; every process learns whether it could
+            try:
+                lock.enter_context(run_folder.locked(start.folder, log))
+                if run_folder.is_used(start.folder) != start.used:  # another run began while this one loaded
+                    raise run_folder.RunFolderError(f"{start.folder} changed while this run loaded its data: start "
+                                                    "it again")
+                if start.used and start.mode == "new":
+                    log(f"--overwrite: deleted {', '.join(run_folder.clear(start.folder))} in {start.folder}")
+            except run_folder.RunFolderError as e:
+                refused = e
+        if not distributed.all_agree(refused is None):
+            raise refused or run_folder.RunFolderError(f"process 0 could not start the run in {start.folder}: its "
+                                                       "log says why")
         return _train_seeds(config, encoder, data, mesh, log, start, resume)
 
 
@@ -637,6 +656,7 @@ def train_run(config: Config, encoder: build.Encoder, data: dict[str, dict[str, 
         # Newer checkpoints are broken ones skipped, or a best saved after the step: the resumed run saves it again.
         for store in {id(store): store for store in [recorder.store, *recorder.best_stores]}.values():
             store.discard_newer(resume)
+        distributed.barrier("jaxbert: newer checkpoints discarded")
     recorder.rewrite_metrics(resume or 0)
     # Replicated once, so placing them in each stage's state copies nothing.
     params, step = replicate(params, mesh), jnp.zeros((len(recorder.seeds),), jnp.int32)

@@ -76,6 +76,17 @@ def test_a_preempted_run_resumes_exactly(workspace, uninterrupted, monkeypatch, 
     assert_same_run(folder, uninterrupted)
 
 
+@pytest.mark.parametrize("at", [3, 5])  # inside the first epoch, and at its last step
+def test_a_run_preempted_at_any_step_resumes_exactly(workspace, uninterrupted, monkeypatch, tmp_path, at):
+    monkeypatch.setattr(StopRequests, "requested", lambda self, step: step == at)
+    folder = tmp_path / "cut"
+    with pytest.raises(RunStopped, match=rf"^preempted by a preemption notice at step {at} \(epoch 1, step {at} of 5\)"):
+        train_and_evaluate(run_config(workspace, folder, *EXTRA), log=lambda _: None)
+    monkeypatch.undo()
+    train_and_evaluate(run_config(workspace, folder, *EXTRA), log=lambda _: None, resume=True)
+    assert_same_run(folder, uninterrupted)
+
+
 def test_a_second_ctrl_c_aborts_at_once():
     with StopRequests() as stop:
         assert not stop.requested(1)
@@ -120,10 +131,11 @@ def test_skip_drops_the_update_and_counts_it(workspace, monkeypatch, tmp_path):
 
 def test_skip_stops_after_max_nonfinite_in_a_row(workspace, monkeypatch, tmp_path):
     on_batch(monkeypatch, set(range(3, 11)), poison)
+    # The host looks at step 5 only (no checkpoint before it): the message still names step 4, where it froze.
     with pytest.raises(RunStopped, match=r"^train.nonfinite skip: 2 steps in a row up to step 4 \(epoch 1\) had "
-                                         r"non-finite values: grad_norm nan, loss nan, loss/sts nan\. The latest checkpoint \(step 2\)"):
+                                         r"non-finite values: grad_norm nan, loss nan, loss/sts nan\. The latest checkpoint \(none yet\)"):
         train_and_evaluate(run_config(workspace, tmp_path / "many", *EXTRA, "--train.nonfinite=skip",
-                                      "--train.max_nonfinite=2"), log=lambda _: None)
+                                      "--train.max_nonfinite=2", "--train.checkpoint_every=0"), log=lambda _: None)
 
 
 @pytest.mark.parametrize("mode", ["stop", "skip"])
