@@ -20,7 +20,6 @@ import inspect
 import io
 import math
 import re
-import textwrap
 import tokenize
 import types
 import typing
@@ -730,13 +729,23 @@ def _type_name(tp: Any) -> str:
     return "mapping" if _is_dataclass_type(tp) else tp.__name__
 
 
+def _class_source(cls: Any) -> str:
+    """The source of the top-level class `cls`: from its `class` line to the next top-level line. Read from the
+    file, not through `inspect.getsource`, whose `ast.parse` of the module can fail on CPython 3.11.7
+    ("AST constructor recursion depth mismatch") in a process that recursed deeply before."""
+    lines = Path(inspect.getsourcefile(cls)).read_text().splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if re.match(rf"class {cls.__name__}\b", line))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i][:1] not in ("", " ", "\n", "#")), len(lines))
+    return "".join(lines[start:end])
+
+
 @functools.cache
 def _comments(cls: Any) -> dict[str, str]:
     """The comment on each field of the dataclass `cls`, read from its source: the one place a field is described."""
     comments: dict[str, str] = {}
     line: list[tokenize.TokenInfo] = []
     indent = None
-    for token in tokenize.generate_tokens(io.StringIO(textwrap.dedent(inspect.getsource(cls))).readline):
+    for token in tokenize.generate_tokens(io.StringIO(_class_source(cls)).readline):
         if token.type == tokenize.INDENT and indent is None:
             indent = len(token.string)  # the class body's
         if token.type == tokenize.NEWLINE:  # the end of a statement

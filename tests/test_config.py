@@ -1,7 +1,6 @@
 """Strict typed configs: YAML files, `base:` inheritance and command-line overrides."""
 
 import dataclasses
-import inspect
 import os
 import re
 import subprocess
@@ -382,7 +381,7 @@ DESCRIBED = (Config, *SECTIONS, StageConfig, jaxbert.config.TaskDef, jaxbert.con
 
 def test_every_field_is_described_by_the_comment_on_it():
     for cls in DESCRIBED:
-        source = inspect.getsource(cls)
+        source = jaxbert.config._class_source(cls)
         for field in dataclasses.fields(cls):
             text = describe(cls, field.name)
             assert text.strip(), f"{cls.__name__}.{field.name} has no comment"

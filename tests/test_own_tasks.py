@@ -42,10 +42,10 @@ def own(workspace):
     return path
 
 
-def train_args(workspace, out, *extra):
+def train_args(workspace, out, *extra, checkpoint=None, data_dir=None):
     bert, data, root = workspace
-    return [f"--checkpoint={bert}", f"--data-dir={data}", f"--out={out}", f"--data.cache_dir={root / 'cache'}",
-            *ARGS, *extra]
+    return [f"--checkpoint={checkpoint or bert}", f"--data-dir={data_dir or data}", f"--out={out}",
+            f"--data.cache_dir={root / 'cache'}", *ARGS, *extra]
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_own_task_in_a_suite(workspace, own, capsys):
 def test_entry_scripts_say_the_fix_in_one_line(workspace, own, tmp_path):
     bert, data, root = workspace
     with pytest.raises(SystemExit) as exit_:
-        train.main(["--config", str(own), *train_args(workspace, tmp_path / "out"), f"--checkpoint={tmp_path}/bert"])
+        train.main(["--config", str(own), *train_args(workspace, tmp_path / "out", checkpoint=f"{tmp_path}/bert")])
     assert str(exit_.value).startswith(f"train.py: error: model.checkpoint '{tmp_path}/bert': {tmp_path}/bert is "
                                        "not a folder. Run `python convert_weights.py`")
     assert str(exit_.value).endswith("or pass --checkpoint DIR")
@@ -154,12 +154,11 @@ def test_entry_scripts_say_the_fix_in_one_line(workspace, own, tmp_path):
             (broken / f.name).write_bytes(f.read_bytes())
     (broken / "imdb-train.tsv").write_text("stars\ttext\n1\tfine\n")
     with pytest.raises(SystemExit) as exit_:
-        train.main(["--config", str(own), *train_args(workspace, tmp_path / "out"), f"--data-dir={broken}"])
+        train.main(["--config", str(own), *train_args(workspace, tmp_path / "out", data_dir=broken)])
     assert str(exit_.value).startswith(f"train.py: error: {broken / 'imdb-train.tsv'}: missing column(s) ['review']")
     (broken / "sim-train.tsv").unlink()
     with pytest.raises(SystemExit) as exit_:
-        train.main(["--config", str(own), *train_args(workspace, tmp_path / "out"), f"--data-dir={broken}",
-                    "--tasks=mysim"])
+        train.main(["--config", str(own), *train_args(workspace, tmp_path / "out", "--tasks=mysim", data_dir=broken)])
     assert str(exit_.value) == (f"train.py: error: no data for mysim: put its files sim-train.tsv, sim-dev.tsv (test "
                                 f"optional) in {broken}/ or pass --data-dir DIR")
 
@@ -168,7 +167,7 @@ def test_offline_first_run_and_another_models_checkpoint(workspace, own_run, tmp
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(SystemExit) as exit_:  # no local files, and the Hub unreachable (tests run offline)
-        train.main([*train_args(workspace, tmp_path / "out"), f"--data-dir={empty}", "--tasks=sst"])
+        train.main([*train_args(workspace, tmp_path / "out", "--tasks=sst", data_dir=empty)])
     message = str(exit_.value)
     assert message.startswith("train.py: error: sst: cannot download SetFit/sst5 from the Hugging Face Hub")
     assert f"put its files ids-sst-train.csv, ids-sst-dev.csv, ids-sst-test-student.csv (test optional) in {empty}/" \

@@ -76,7 +76,7 @@ def test_a_preempted_run_resumes_exactly(workspace, uninterrupted, monkeypatch, 
     assert_same_run(folder, uninterrupted)
 
 
-@pytest.mark.parametrize("at", [3, 5])  # inside the first epoch, and at its last step
+@pytest.mark.parametrize("at", [5])  # the last step of an epoch (the signal test above stops inside one)
 def test_a_run_preempted_at_any_step_resumes_exactly(workspace, uninterrupted, monkeypatch, tmp_path, at):
     monkeypatch.setattr(StopRequests, "requested", lambda self, step: step == at)
     folder = tmp_path / "cut"
@@ -88,13 +88,14 @@ def test_a_run_preempted_at_any_step_resumes_exactly(workspace, uninterrupted, m
 
 
 def test_a_second_ctrl_c_aborts_at_once():
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a job started in the background
     with StopRequests() as stop:
         assert not stop.requested(1)
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.requested(1) and stop.name == "SIGINT"
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are given back
+    assert signal.getsignal(signal.SIGINT) is before  # the handlers are given back
 
 
 def test_a_nonfinite_loss_stops_the_run_at_its_last_good_checkpoint(workspace, uninterrupted, monkeypatch, tmp_path):
