@@ -61,7 +61,7 @@ def model(config: Config, bert_config: BertConfig) -> MultitaskBert:
     # Every batch comes from `jaxbert.data`, which pads on the right: masks can travel as lengths.
     execution = Execution(config.model.attention, right_padded=True, remat=config.model.remat)
     return MultitaskBert(bert_config, config.run_tasks, config.heads, config.model.freeze_encoder,
-                         dtype=jnp.dtype(config.model.dtype), execution=execution)
+                         config.model.freeze_pals, dtype=jnp.dtype(config.model.dtype), execution=execution)
 
 
 def random_params(model: MultitaskBert, key: jax.Array) -> Any:
@@ -86,14 +86,17 @@ def base_keys(seeds: Sequence[int]) -> jax.Array:
 
 
 def optimizer(config: Config, params: Any, total_updates: int) -> optax.GradientTransformation:
-    """The optimizer of the (stage-resolved) `config`: its learning rate and schedule laid out over the stage's
-    `total_updates`, the encoder left alone when it is frozen. The heads and PALs of tasks the stage does not
-    train need no freezing: an update leaves every parameter without a loss in it untouched
-    (`train_step.untouched`)."""
-    t = config.train
+    """The optimizer of the (stage-resolved) `config`: its learning rate and schedule laid out over
+    `total_updates` (the stage's, or those of every stage that carries it), the encoder and the PALs left alone
+    when they are frozen. The heads and PALs of tasks the stage does not train need no freezing: an update leaves
+    every parameter without a loss in it untouched (`train_step.untouched`)."""
+    t, m = config.train, config.model
     tx = make_optimizer(t.lr, max(total_updates, 1), warmup_ratio=t.warmup_ratio, schedule=t.schedule,
-                        weight_decay=t.weight_decay, clip_norm=t.clip_norm, eps=t.eps)
-    return step_lib.partly_frozen_optimizer(tx, params, {"bert"}) if config.model.freeze_encoder else tx
+                        weight_decay=t.weight_decay, decay_all=t.decay_norms_and_biases, clip_norm=t.clip_norm,
+                        eps=t.eps)
+    frozen = {name for name in params if (name == "bert" and m.freeze_encoder)
+              or (name.startswith("pal_") and m.freeze_pals)}
+    return step_lib.partly_frozen_optimizer(tx, params, frozen) if frozen else tx
 
 
 def train_state(params: Any, tx: optax.GradientTransformation, config: Config) -> step_lib.TrainState:
@@ -105,7 +108,7 @@ def train_step(model: MultitaskBert, tx: optax.GradientTransformation, config: C
                mesh: Mesh) -> Callable:
     """The jitted `step(state, batches) -> (state, metrics)` of the (stage-resolved) `config`: its tasks, loss
     combination, surgery, updates, frozen encoder or not; vmapped over the seeds of the state."""
-    model = model.clone(freeze_encoder=config.model.freeze_encoder)
+    model = model.clone(freeze_encoder=config.model.freeze_encoder, freeze_pals=config.model.freeze_pals)
     return step_lib.jit_train_step(partial(step_lib.train_step, base_keys=base_keys(seeds), model=model, tx=tx,
                                            config=config), mesh)
 

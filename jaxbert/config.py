@@ -38,7 +38,8 @@ from jaxbert.tasks import HubSource, Task
 class ModelConfig:
     checkpoint: str = "checkpoints/bert-base-uncased"  # a converted folder, a Hugging Face folder or a Hub id
     dtype: str = "float32"  # compute dtype (params stay float32)
-    freeze_encoder: bool = False  # train the heads only
+    freeze_encoder: bool = False  # train the heads only (and the PALs, unless freeze_pals)
+    freeze_pals: bool = False  # leave the projected attention layers as they are (a run with heads.pal_size)
     hidden_dropout: float | None = None  # the encoder's hidden dropout rate (null: the checkpoint's)
     attention_dropout: float | None = None  # (null: the checkpoint's; 0: fused kernels in training too)
     attention: str = "auto"  # kernel of dropout-free attention (auto: cuDNN on GPU in bf16)
@@ -120,6 +121,7 @@ class TrainConfig:
     loss_weights: dict[str, float] = dataclasses.field(default_factory=dict)  # per task: {sst: 1, para: 2, sts: 1}
     surgery: str = "none"  # gradient surgery on the encoder's per-task gradients (`--pcgrad`, ...)
     gradvac_beta: float = 0.01  # EMA rate of GradVac's cosine targets
+    gradvac_ema: str = "raw"  # their source: raw cos(g_i, g_j) | projected: Algorithm 1's φ of the adjusted g_i
     updates: str = "joint"  # joint: one optimizer update per step | per_task: one per task's loss, in turn
     epochs: int = 10  # of each stage
     max_steps: int | None = None  # caps each stage, its LR schedule included
@@ -130,6 +132,7 @@ class TrainConfig:
     schedule: str = "constant"  # of the learning rate (linear: warm-up, then linear decay to 0)
     warmup_ratio: float = 0.0  # the share of the updates that warm the learning rate up
     weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    decay_norms_and_biases: bool = False  # decay biases and LayerNorm too, as the course's AdamW (false: BERT's mask)
     clip_norm: float | None = None  # the gradient's largest global norm (null: no clipping)
     eps: float = 1e-6  # AdamW's epsilon
     seed: int = 0  # head initialization and dropout; the batch order too unless `data_seed`
@@ -139,6 +142,7 @@ class TrainConfig:
     group_by_length: int = 0  # sort each run of N batches by length so batches pad little (0: off)
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
     log_every: int = 10  # log the train loss every N steps
+    select_by: str = "overall"  # the dev score that picks the best checkpoint: overall | mean | a task's metric
     stage_cycles: int = 1  # run the whole list of `stages` this many times
     nonfinite: str = "stop"  # a step with a non-finite loss or gradient: stop the run, or skip its update
     max_nonfinite: int = 10  # skip: the run stops after this many skipped steps in a row
@@ -225,8 +229,14 @@ class SmartConfig:
 @dataclasses.dataclass(frozen=True)
 class StageConfig:
     """One stage of a staged run. Every `None` field inherits the run's value: `tasks` the top-level list,
-    `freeze_encoder` `model.freeze_encoder`, the others the `train` field of the same name (but a stage of one
-    task trains without surgery: `resolve_stage`)."""
+    `freeze_encoder` and `freeze_pals` the `model` field, `smart` `smart.enabled`, the weights their `losses`
+    field, the others the `train` field of the same name (but a stage of one task trains without surgery:
+    `resolve_stage`).
+
+    `optimizer: carry` continues the optimizer of the stage trained just before (in a run of `stage_cycles`,
+    the first stage of a cycle carries the last one's; the run's very first stage has none to carry and starts
+    one): one AdamW, its moments and update count, and one learning-rate schedule laid over the updates of
+    every stage it spans. Those stages must agree on every optimizer setting (`CARRIED_SETTINGS`)."""
 
     name: str = ""  # "" names it stage<k>, k its 1-based position in `stages`
     tasks: list[str] | None = None  # a subset of the run's tasks (the model has one head per run task)
@@ -238,8 +248,13 @@ class StageConfig:
     lr: float | None = None
     batch_size: int | None = None
     freeze_encoder: bool | None = None
+    freeze_pals: bool | None = None
     loss_combination: str | None = None
     surgery: str | None = None
+    smart: bool | None = None  # smart.enabled in this stage
+    supcon_weight: float | None = None  # losses.supcon_weight in this stage
+    simcse_weight: float | None = None  # losses.simcse_weight in this stage
+    optimizer: str = "fresh"  # fresh: a new AdamW | carry: the stage before's, its moments and update count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -831,9 +846,15 @@ def help_text(section: str | None = None) -> str:
 
 
 # Where each StageConfig field's inherited value lives in Config: `train.<field>` unless named here.
-_STAGE_HOMES = {"tasks": "tasks", "freeze_encoder": "model.freeze_encoder"}
+_STAGE_HOMES = {"tasks": "tasks", "freeze_encoder": "model.freeze_encoder", "freeze_pals": "model.freeze_pals",
+                "smart": "smart.enabled", "supcon_weight": "losses.supcon_weight",
+                "simcse_weight": "losses.simcse_weight"}
 STAGE_FIELDS = {f.name: _STAGE_HOMES.get(f.name, f"train.{f.name}") for f in dataclasses.fields(StageConfig)
-                if f.name != "name"}
+                if f.name not in ("name", "optimizer")}
+# What a carried optimizer is made of: a stage may carry the one before's only if it resolves these the same.
+CARRIED_SETTINGS = ("train.lr", "train.schedule", "train.warmup_ratio", "train.weight_decay",
+                    "train.decay_norms_and_biases", "train.eps", "train.clip_norm", "model.freeze_encoder",
+                    "model.freeze_pals")
 
 
 def stage_names(config: Config) -> list[str]:
@@ -883,6 +904,7 @@ CHOICES = {
     "train.schedule": choices.SCHEDULES,
     "train.updates": choices.UPDATES,
     "train.nonfinite": choices.NONFINITE,
+    "train.gradvac_ema": choices.GRADVAC_EMAS,
     "train.surgery": choices.SURGERIES,
     "losses.sst": choices.CLASSIFICATION_LOSSES,
     "losses.sts": choices.STS_LOSSES,
@@ -903,6 +925,15 @@ def validate(config: Config) -> None:
     _validate_effects(config)
     _validate_distributed(config)
     _validate_stages(config)
+    _validate_selection(config)
+
+
+def _validate_selection(config: Config) -> None:
+    """`train.select_by` against the whole run's tasks (a stage evaluates every task of the run)."""
+    scored = [t.name for t in config.run_tasks if t.metric is not None]
+    select_by = config.train.select_by
+    _check(select_by in ("overall", "mean", *scored),
+           f"train.select_by is {select_by!r}; allowed: overall, mean, or a scored task of the run: {', '.join(scored)}")
 
 
 def _validate_settings(config: Config) -> None:
@@ -1003,6 +1034,8 @@ def _validate_distributed(config: Config) -> None:
 
 
 def _validate_model_and_data(config: Config) -> None:
+    _check(not config.model.freeze_pals or config.heads.pal_size > 0,
+           "model.freeze_pals: the run has no projected attention layers to freeze (heads.pal_size is 0)")
     for key in ("model.hidden_dropout", "model.attention_dropout", "heads.dropout"):
         value = get(config, key)
         _check(value is None or 0.0 <= value < 1.0, f"{key} must be in [0, 1), got {value}")
@@ -1081,6 +1114,13 @@ def _validate_smart(config: Config) -> None:
     _check(smart.teacher_momentum <= 1, f"smart.teacher_momentum must be in [0, 1], got {smart.teacher_momentum!r}")
     _check(smart.steps >= 0, f"smart.steps must be an integer >= 0, got {smart.steps!r}")
     _check(smart.samples >= 1, f"smart.samples must be an integer >= 1, got {smart.samples!r}")
+    # A frozen encoder's output is a constant to the heads unless trainable PALs read it (`heads.MultitaskBert`):
+    # no gradient reaches the perturbed embeddings then, and every ascent step would leave δ where it started.
+    stopped = config.model.freeze_encoder and (config.heads.pal_size == 0 or config.model.freeze_pals)
+    _check(not (smart.enabled and smart.steps > 0 and stopped),
+           f"smart.steps {smart.steps}: with the encoder frozen and no PALs trained, no gradient reaches the "
+           "perturbed embeddings and the ascent cannot move the perturbation: set smart.steps 0 (the random "
+           "perturbation alone), train the encoder, or switch SMART off in this stage (smart: false)")
     smoothable = [t.name for t in config.run_tasks if t.divergence is not None]
     _check(smart.tasks is None or (bool(smart.tasks) and set(smart.tasks) <= set(smoothable)),
            f"smart.tasks {smart.tasks} must be a non-empty subset of the run's tasks with a prediction to smooth: "
@@ -1146,6 +1186,18 @@ def _validate_stages(config: Config) -> None:
         _check(stage.tasks is None or (bool(stage.tasks) and set(stage.tasks) <= set(config.tasks)),
                f"stages[{k}].tasks {stage.tasks} must be a non-empty subset of the run's tasks {config.tasks} (the "
                "model has one head per run task)")
+        _check(stage.optimizer in choices.OPTIMIZER_CARRIES,
+               f"stages[{k}].optimizer is {stage.optimizer!r}; allowed: {', '.join(choices.OPTIMIZER_CARRIES)}")
+        if stage.optimizer == "carry":
+            _check(k > 0 or cycles > 1, "stages[0].optimizer carry: the run's first stage has no stage before it "
+                                        "whose optimizer it could carry (with train.stage_cycles > 1, each later "
+                                        "cycle's first stage carries the last stage's)")
+            before = config.stages[k - 1]  # stages[-1] for the first: the stage before it in the next cycle
+            differ = [key for key in CARRIED_SETTINGS
+                      if get(resolve_stage(config, stage), key) != get(resolve_stage(config, before), key)]
+            _check(not differ, f"stages[{k}].optimizer carry: the optimizer it carries is another one, "
+                               f"{', '.join(differ)} differ from the stage before's; give them the same values or "
+                               "start a fresh optimizer")
         try:
             _validate_settings(resolve_stage(config, stage))
         except ConfigError as e:

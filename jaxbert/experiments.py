@@ -10,6 +10,7 @@ A suite file:
     name: cpu_minilm                    # results go to <results>/<name>/ (default: the file's name)
     seeds: [0, 1]                       # exactly these; 3 is seeds 0, 1, 2 (default 1: seed 0)
     vmap_seeds: false                   # true: a row's missing consecutive seeds train in one vmapped call
+    baseline: pcgrad                    # the row the others are compared with (default: the first)
     overrides: {train.max_steps: 100}   # every row; dotted (or unique bare) keys, as on the command line
     rows:
       - name: pcgrad                    # the row's label and its folder <results>/<name>/<row>/
@@ -20,9 +21,11 @@ Overrides take the keys and forms of `python train.py`'s command line (`--help S
 `--help train`) and apply in the order config file, suite, row, command line. Each run is a normal run folder,
 `<results>/<suite>/<row>/seed<k>/`; one holding `results.json` is complete and skipped, any other is resumed
 from its last checkpoint. A run folder whose `config.yaml` differs from what the suite now asks for is an
-error, not a silent skip. The report (`table.md`, `table.csv`, `bars_<metric>.png`, `curves.png`) follows the
-runs; `commit.txt` in each run folder records the code it was trained with. Unless JAX is given a compilation
-cache of its own (`JAX_COMPILATION_CACHE_DIR`), the runs share one in `<results>/.xla_cache`.
+error, not a silent skip. The report (`table.md`, `table.csv`, `significance.csv`, `bars_<metric>.png`,
+`curves.png`) follows the runs: mean ± std over seeds, and every row's difference from the baseline row by
+Welch's t-test over seeds and a paired bootstrap over the dev examples (`compare`); `commit.txt` in each run
+folder records the code it was trained with. Unless JAX is given a compilation cache of its own
+(`JAX_COMPILATION_CACHE_DIR`), the runs share one in `<results>/.xla_cache`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import math
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -43,18 +47,22 @@ import yaml
 
 from jaxbert import tasks
 from jaxbert import config as config_module
+from jaxbert import data as data_lib
 from jaxbert.config import Config, ConfigError, help_text, leaf_paths, load_config, parse_overrides, resolve_key
-from jaxbert.errors import UserError
+from jaxbert.errors import DataError, MissingFileError, UserError
+from jaxbert.metrics import summarize, task_metric
 
-SUITE_KEYS = ("name", "seeds", "vmap_seeds", "overrides", "rows")
+SUITE_KEYS = ("name", "seeds", "vmap_seeds", "baseline", "overrides", "rows")
 ROW_KEYS = ("name", "config", "overrides")
 # Set by the runner for every run: a suite or command line that set them would be silently overruled.
 RUNNER_KEYS = ("out", "train.seed", "train.seeds", "train.vmap_seeds")
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 # A table's metric columns are every scored task's metric ("sst_acc", labelled "SST acc") in the order the runs
-# list their tasks, then the overall score.
+# list their tasks, then the aggregate scores of `metrics.summarize`: the course's rescaled overall, and the plain
+# mean (a config may select its best epoch by either).
 _SHORT = {"accuracy": "acc", "pearson": "r"}
+AGGREGATES = ("overall", "mean")
 RUN_STATS = (("wall_time_sec", "wall time (s)"), ("train_examples_per_sec", "train examples/s"))
 
 
@@ -76,6 +84,7 @@ class Suite:
     seeds: tuple[int, ...]
     vmap_seeds: bool
     rows: tuple[Row, ...]
+    baseline: str  # the name of the row the others are compared with
 
     def row(self, name: str) -> Row:
         for row in self.rows:
@@ -136,7 +145,10 @@ def load_suite(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
         except ConfigError as e:
             raise SuiteError(f"{where} (config {config_file}): {e}") from None
         rows.append(row)
-    return Suite(path, name, seeds, vmap_seeds, tuple(rows))
+    baseline = data.get("baseline", rows[0].name)
+    if baseline not in [r.name for r in rows]:
+        raise SuiteError(f"{path}: baseline: no row {baseline!r}; rows: {', '.join(r.name for r in rows)}")
+    return Suite(path, name, seeds, vmap_seeds, tuple(rows), baseline)
 
 
 def parse_seeds(value: Any, where: str) -> tuple[int, ...]:
@@ -370,31 +382,36 @@ class RunResult:
     metrics: dict[str, float]  # metric column keys present in the run, and RUN_STATS keys
     commits: list[str]
     curve: list[tuple[int, dict[str, float]]]  # (step, metric values) per dev evaluation
+    folder: Path | None = None  # the run folder, whose dev predictions the bootstrap reads
+
+
+def _metric_key(task: str, metric: str) -> str:
+    return f"{task}_{_SHORT[metric]}"
 
 
 def _metric_values(dev: dict[str, Any]) -> dict[str, float]:
-    """`{"sst_acc": ..., "sts_r": ..., "overall": ...}` of a dev-metrics record of results.json or metrics.jsonl."""
-    values = {f"{task}_{_SHORT[name]}": float(value) for task, metrics in dev.items() if isinstance(metrics, dict)
+    """`{"sst_acc": ..., "sts_r": ..., "overall": ..., "mean": ...}` of a dev-metrics record of results.json or
+    metrics.jsonl."""
+    values = {_metric_key(task, name): float(value) for task, metrics in dev.items() if isinstance(metrics, dict)
               for name, value in metrics.items() if name in _SHORT}
-    if "overall" in dev:
-        values["overall"] = float(dev["overall"])
+    values.update({key: float(dev[key]) for key in AGGREGATES if key in dev})
     return values
 
 
 def metric_label(key: str) -> str:
     """A metric column's label: "SST acc" for "sst_acc" (a built-in task's display name), "mysim r"."""
-    if key == "overall":
+    if key in AGGREGATES:
         return key
     task, short = key.rsplit("_", 1)
     return f"{tasks.TASKS[task].display if task in tasks.TASKS else task} {short}"
 
 
 def _metric_keys(runs: dict[str, list[RunResult]]) -> list[str]:
-    """The metric columns of `runs` (their best epochs' and their curves'), overall last."""
+    """The metric columns of `runs` (their best epochs' and their curves'), the aggregates last."""
     seen = [k for row in runs.values() for run in row
             for k in [*run.metrics, *(k for _, values in run.curve for k in values)] if k not in dict(RUN_STATS)]
-    keys = dict.fromkeys(k for k in seen if k != "overall")
-    return [*keys, *(["overall"] if "overall" in seen else [])]
+    keys = dict.fromkeys(k for k in seen if k not in AGGREGATES)
+    return [*keys, *(k for k in AGGREGATES if k in seen)]
 
 
 def read_run(folder: Path, seed: int) -> RunResult:
@@ -410,7 +427,7 @@ def read_run(folder: Path, seed: int) -> RunResult:
         metrics["train_examples_per_sec"] = float(np.mean(rates))
     commit_file = folder / "commit.txt"
     commits = commit_file.read_text().split() if commit_file.is_file() else ["unknown"]
-    return RunResult(seed, metrics, commits, [(int(r["step"]), _metric_values(r["dev"])) for r in records])
+    return RunResult(seed, metrics, commits, [(int(r["step"]), _metric_values(r["dev"])) for r in records], folder)
 
 
 def collect(suite: Suite, results: str | Path) -> dict[str, list[RunResult]]:
@@ -454,13 +471,319 @@ def summary_rows(runs: dict[str, list[RunResult]]) -> list[dict[str, Any]]:
     return records
 
 
+# -------------------------------------------------------------------------------------------- significance
+
+RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+ALPHA = 0.05  # a difference is marked where both tests give p below it
+_CHUNK = 2 ** 20  # resampled indices drawn at once: [resamples, n] in chunks of about this many (8 MiB)
+
+
+@dataclasses.dataclass(frozen=True)
+class DevTask:
+    """One run's dev predictions of one task and the gold labels of the examples they predict, in file order."""
+    task: tasks.Task
+    ids: tuple[str, ...]
+    predictions: np.ndarray  # class ids, or float32 scores
+    labels: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Difference:
+    """A row's difference from the baseline row in one metric column; nan where a test cannot be made.
+
+    `diff`, `welch_*`: mean over the row's seeds − mean over the baseline's, its 95% confidence interval and the
+    two-sided p of Welch's t-test (nan with fewer than 2 seeds a side). `paired_seeds`, `bootstrap_*`: the seeds
+    both rows have dev predictions of, and over them the paired bootstrap's mean difference, its 95% percentile
+    interval and p (`bootstrap`).
+    """
+    row: str
+    baseline: str
+    metric: str  # the column's key: "sst_acc", "overall"
+    diff: float
+    welch_low: float
+    welch_high: float
+    welch_p: float
+    paired_seeds: int
+    bootstrap_diff: float
+    bootstrap_low: float
+    bootstrap_high: float
+    bootstrap_p: float
+
+    @property
+    def significant(self) -> bool:
+        return self.welch_p < ALPHA and self.bootstrap_p < ALPHA  # False where either is nan
+
+
+def welch(values: Sequence[float], baseline: Sequence[float]) -> tuple[float, float, float, float]:
+    """`mean(values) − mean(baseline)`, the 95% confidence interval of that difference and the two-sided p of
+    Welch's t-test (`scipy.stats.ttest_ind(equal_var=False)`); interval and p are nan with fewer than 2 values
+    a side."""
+    from scipy import stats  # only reports need it
+
+    diff = float(np.mean(values) - np.mean(baseline))
+    if min(len(values), len(baseline)) < 2:
+        return diff, math.nan, math.nan, math.nan
+    with warnings.catch_warnings():
+        # Seeds that agree to the last digit make scipy warn of lost precision; its answer (nan, or p 0 and a
+        # point interval for two constant sides) stands.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.ttest_ind(values, baseline, equal_var=False)
+        interval = result.confidence_interval(0.95)
+    return diff, float(interval.low), float(interval.high), float(result.pvalue)
+
+
+def bootstrap(differences: np.ndarray) -> tuple[float, float, float]:
+    """The 95% percentile interval of a bootstrap distribution of a difference, `[resamples]`, and its
+    two-sided p, `2 · min(P(d ≤ 0), P(d ≥ 0))` at most 1: the smallest level at which the percentile interval
+    leaves out 0. A p of 0 means no resample reached 0 (p < 2 / RESAMPLES)."""
+    low, high = np.percentile(differences, [2.5, 97.5])
+    p = min(1.0, 2.0 * min(float(np.mean(differences <= 0)), float(np.mean(differences >= 0))))
+    return float(low), float(high), p
+
+
+def read_predictions(path: Path, task: tasks.Task) -> tuple[tuple[str, ...], np.ndarray]:
+    """The ids and values of a prediction file in the course's format (`training.format_predictions`): class
+    ids, or the float32 scores, which it writes in full (each reads back to the same float32)."""
+    parse, dtype = (float, np.float32) if task.kind == "regression" else (int, np.int64)
+    try:  # a line without its " , " does not unpack
+        rows = [(i, parse(v)) for i, v in (line.rsplit(" , ", 1) for line in path.read_text().splitlines()[1:])]
+    except ValueError:
+        raise DataError(f"{path}: not a prediction file in the course's format (lines `<id> , <value>`)") from None
+    return tuple(i for i, _ in rows), np.asarray([v for _, v in rows], dtype)
+
+
+def dev_examples(config: Config, task: tasks.Task) -> data_lib.Examples:
+    """`task`'s dev split as a run of `config` read it (`data.load_task_data`): its Hugging Face source or its
+    file, untokenized."""
+    if data_lib.task_source(config, task) == "hf":
+        return data_lib.read_hf_split(task, "dev")
+    path = data_lib.local_path(config, task, "dev")
+    if path is None:
+        raise MissingFileError(f"{task.name}: no dev file named; {data_lib.missing_files_hint(config, task)}")
+    return data_lib.read_split(path, task, require_labels=True)
+
+
+def read_dev(folder: Path, cache: dict[tuple[str, ...], data_lib.Examples]) -> dict[str, DevTask]:
+    """A complete run's dev predictions of each task its results.json scores, with the gold labels of the dev
+    data its config.yaml names (read once per report: `cache`).
+
+    Raises:
+      UserError: a file is missing or unreadable, or the predictions are of other examples than the dev data
+        holds now, or do not score on it what results.json says (the dev data changed since the run).
+    """
+    config = load_config(folder / "config.yaml")
+    scored = json.loads((folder / "results.json").read_text())["metrics"].get("dev", {})
+    out = {}
+    for task in config.run_tasks:
+        if task.metric is None or task.metric not in scored.get(task.name, {}):
+            continue
+        path = folder / "predictions" / f"{task.name}-dev-output.csv"
+        if not path.is_file():
+            raise MissingFileError(f"{path} is missing")
+        ids, predictions = read_predictions(path, task)
+        key = (repr(task), data_lib.task_source(config, task), str(data_lib.local_path(config, task, "dev")))
+        if key not in cache:
+            cache[key] = dev_examples(config, task)
+        examples = cache[key]
+        if tuple(examples.ids) != ids:
+            raise DataError(f"{path} predicts other examples than {examples.path} holds now: the dev data changed "
+                            "since the run")
+        value, recorded = task_metric(task, predictions, examples.labels)[task.metric], scored[task.name][task.metric]
+        if not math.isclose(value, recorded, rel_tol=1e-9, abs_tol=1e-12):
+            raise DataError(f"{path} scores {task.metric} {value:.6f} on {examples.path}, results.json says "
+                            f"{recorded:.6f}: the dev data changed since the run")
+        out[task.name] = DevTask(task, ids, predictions, examples.labels)
+    return out
+
+
+def _resampled_metric(metric: str, runs: Sequence[DevTask], rng: np.random.Generator) -> np.ndarray:
+    """The metric of each run's predictions on RESAMPLES resamples of their common examples, `[runs, resamples]`.
+
+    A resample is `rng.integers(0, n, size=n)`, the rows of one `[RESAMPLES, n]` draw. Each resample's metric is
+    computed from its counts of each example: accuracy from the count of correct predictions, Pearson r from
+    the count-weighted sums of the centred scores, 0 where one side is constant (`metrics.pearson`).
+    """
+    labels = runs[0].labels
+    n = len(labels)
+    if metric == "accuracy":
+        features = np.stack([run.predictions == labels for run in runs], axis=1).astype(np.float64)
+    else:
+        y, xs = _centred(labels), [_centred(run.predictions) for run in runs]
+        features = np.stack([y, y * y, *(f for x in xs for f in (x, x * x, x * y))], axis=1)
+    sums, chunk = [], max(1, _CHUNK // n)
+    for start in range(0, RESAMPLES, chunk):
+        size = min(chunk, RESAMPLES - start)
+        indices = rng.integers(0, n, size=(size, n))
+        counts = np.bincount((indices + n * np.arange(size)[:, None]).ravel(), minlength=size * n)
+        sums.append(counts.reshape(size, n).astype(np.float64) @ features)
+    sums = np.concatenate(sums).T  # [features, resamples]
+    if metric == "accuracy":
+        return sums / n
+    sy, syy = sums[0], sums[1]
+    sx, sxx, sxy = sums[2::3], sums[3::3], sums[4::3]
+    var_x, var_y, cov = sxx - sx * sx / n, syy - sy * sy / n, sxy - sx * sy / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where((var_x > 0) & (var_y > 0), cov / np.sqrt(var_x * var_y), 0.0)
+    return np.clip(r, -1.0, 1.0)
+
+
+def _centred(values: np.ndarray) -> np.ndarray:
+    """`values − mean` in float64; exactly 0 for constant values, so every resample of them has variance 0."""
+    values = values.astype(np.float64)
+    return np.zeros_like(values) if np.all(values == values[0]) else values - values.mean()
+
+
+def _aggregate_weights(run: dict[str, DevTask]) -> dict[str, tuple[float, dict[str, float]]]:
+    """`metrics.summarize`'s aggregates of the run's task metrics as `offset + Σ weight · metric`.
+
+    Both are affine in the task metrics (a mean of accuracies and (r + 1) / 2, or of the metrics as they are),
+    so the weights are read off summarize itself, once, and apply to every resample at once.
+    """
+    auxiliary = {name for name, dev in run.items() if dev.task.auxiliary}
+
+    def aggregates(one: str | None) -> dict[str, Any]:
+        return summarize({name: {dev.task.metric: float(name == one)} for name, dev in run.items()}, auxiliary)
+
+    zero = aggregates(None)
+    return {key: (zero[key], {name: aggregates(name)[key] - zero[key] for name in run})
+            for key in AGGREGATES if key in zero}
+
+
+def resampled_scores(runs: Sequence[dict[str, DevTask]]) -> list[dict[str, np.ndarray]]:
+    """Each run's metric columns on the same RESAMPLES bootstrap resamples of the dev examples: `{key: [resamples]}`.
+
+    The tasks' dev sets differ in size, so each task is resampled on its own, by a generator of its own name,
+    `default_rng([BOOTSTRAP_SEED, *name.encode()])`: every run scored on the same examples of a task sees the
+    same resamples of them, whatever other rows and tasks the suite has. A run's overall and mean on a resample
+    are `metrics.summarize`'s of its resampled task metrics.
+    """
+    scores: list[dict[str, np.ndarray]] = [{} for _ in runs]
+    groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+    for k, run in enumerate(runs):
+        for name, dev in run.items():
+            groups.setdefault((name, dev.ids), []).append(k)
+    for (name, _), members in groups.items():
+        metric = runs[members[0]][name].task.metric
+        rng = np.random.default_rng([BOOTSTRAP_SEED, *name.encode()])
+        for k, values in zip(members, _resampled_metric(metric, [runs[k][name] for k in members], rng)):
+            scores[k][_metric_key(name, metric)] = values
+    for run, run_scores in zip(runs, scores):
+        for key, (offset, weights) in _aggregate_weights(run).items():
+            run_scores[key] = offset + sum(w * run_scores[_metric_key(name, run[name].task.metric)]
+                                           for name, w in weights.items())
+    return scores
+
+
+def _pairs(a: dict[str, DevTask], b: dict[str, DevTask], key: str) -> bool:
+    """Whether two runs' scores in column `key` come from the same dev examples, so a paired bootstrap applies:
+    for an aggregate, every task of either run."""
+    names = set(a) | set(b) if key in AGGREGATES else {key.rsplit("_", 1)[0]}
+    return all(name in a and name in b and a[name].ids == b[name].ids for name in names)
+
+
+def _task_columns(row_runs: Iterable[RunResult]) -> set[str]:
+    return {key for run in row_runs for key in run.metrics if key not in AGGREGATES and key not in dict(RUN_STATS)}
+
+
+def compare(suite: Suite, runs: dict[str, list[RunResult]]) -> tuple[list[Difference], list[str]]:
+    """Every row against `suite.baseline` in each metric column both have (an aggregate only between rows scored
+    on the same tasks, as it averages over them): Welch's t-test over all their seeds, and a paired bootstrap
+    over the dev examples.
+
+    The bootstrap pairs each seed both rows have with itself: the row's dev predictions of that seed against the
+    baseline's, on the same resamples (`resampled_scores`); its statistic is the metric's difference averaged
+    over those seeds. Returns the differences and a note for each run, or task of a run, left out of the
+    bootstrap, saying why (its predictions or dev data could not be read, or are of other dev examples than the
+    baseline's).
+    """
+    base = suite.baseline
+    if not runs.get(base):
+        return [], [f"the baseline row {base} has no complete run: nothing is compared"]
+    notes: list[str] = []
+    dev: dict[tuple[str, int], dict[str, DevTask]] = {}
+    cache: dict[tuple[str, ...], data_lib.Examples] = {}
+    for row, row_runs in runs.items():
+        for run in row_runs:
+            try:
+                dev[row, run.seed] = read_dev(run.folder, cache)
+            except UserError as e:
+                notes.append(f"{row} seed {run.seed} is left out of the bootstrap: {e}")
+    for (row, seed), tasks_dev in dev.items():
+        other = dev.get((base, seed), {})
+        differ = [name for name in tasks_dev if name in other and tasks_dev[name].ids != other[name].ids]
+        if row != base and differ:
+            notes.append(f"{row} seed {seed} predicts other dev examples of {', '.join(differ)} than the baseline's: "
+                         "not paired there")
+    scores = dict(zip(dev, resampled_scores(list(dev.values()))))
+    base_runs = {run.seed: run for run in runs[base]}
+    differences = []
+    for row, row_runs in runs.items():
+        if row == base or not row_runs:
+            continue
+        same_tasks = _task_columns(row_runs) == _task_columns(base_runs.values())
+        for key in _metric_keys(runs):
+            values = [r.metrics[key] for r in row_runs if key in r.metrics]
+            base_values = [r.metrics[key] for r in base_runs.values() if key in r.metrics]
+            if not values or not base_values or (key in AGGREGATES and not same_tasks):
+                continue
+            paired = [run for run in row_runs
+                      if key in scores.get((row, run.seed), {}) and key in scores.get((base, run.seed), {})
+                      and _pairs(dev[row, run.seed], dev[base, run.seed], key)]
+            observed, low, high, p = math.nan, math.nan, math.nan, math.nan
+            if paired:
+                observed = float(np.mean([run.metrics[key] - base_runs[run.seed].metrics[key] for run in paired]))
+                low, high, p = bootstrap(np.mean([scores[row, run.seed][key] - scores[base, run.seed][key]
+                                                  for run in paired], axis=0))
+            differences.append(Difference(row, base, key, *welch(values, base_values), len(paired), observed,
+                                          low, high, p))
+    return differences, notes
+
+
+# ---------------------------------------------------------------------------------------------------- tables
+
+
 def _cell(mean: float, std: float, digits: int) -> str:
     if math.isnan(mean):
         return "–"
     return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
 
 
-def markdown_table(suite: Suite, runs: dict[str, list[RunResult]]) -> str:
+def _signed(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:+.4f}"
+
+
+def _p_value(p: float) -> str:
+    return "n/a" if math.isnan(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _interval(low: float, high: float) -> str:
+    return "n/a" if math.isnan(low) else f"[{_signed(low)}, {_signed(high)}]"
+
+
+def significance_table(suite: Suite, differences: Sequence[Difference], notes: Sequence[str]) -> str:
+    """The Markdown of `compare`'s differences, one line per row and metric, with its legend and notes."""
+    lines = ["| row | metric | Δ | Welch 95% CI | Welch p | paired seeds | bootstrap 95% CI | bootstrap p |",
+             "| --- | --- | --: | --: | --: | --: | --: | --: |"]
+    for d in differences:
+        lines.append(f"| {d.row} | {metric_label(d.metric)} | {_signed(d.diff)}{'*' if d.significant else ''} | "
+                     f"{_interval(d.welch_low, d.welch_high)} | {_p_value(d.welch_p)} | {d.paired_seeds} | "
+                     f"{_interval(d.bootstrap_low, d.bootstrap_high)} | {_p_value(d.bootstrap_p)} |")
+    legend = (f"Δ: the row's mean over its seeds − the baseline's. Welch: Welch's t-test over the seeds, the 95% "
+              "confidence interval of Δ and the two-sided p (n/a with fewer than 2 seeds a side). Bootstrap: paired "
+              f"over the dev examples, {RESAMPLES:,} resamples of each task's dev set (seeded, the same for both "
+              "rows); its statistic is the difference averaged over the paired seeds (those both rows have dev "
+              "predictions of), with its 2.5-97.5 percentile interval and p = 2 · min(P(d ≤ 0), P(d ≥ 0)), at "
+              f"most 1 (<0.001 includes 0: no resample reached 0). `*` after Δ: p < {ALPHA:g} by both tests. "
+              "overall and mean are compared only between rows scored on the same tasks.")
+    text = f"## Differences from the baseline, {suite.baseline}\n\n"
+    if differences:
+        text += "\n".join(lines) + "\n\n" + legend + "\n"
+    return text + "".join(f"\n- {note}" for note in notes) + ("\n" if notes else "")
+
+
+def markdown_table(suite: Suite, runs: dict[str, list[RunResult]], differences: Sequence[Difference],
+                   notes: Sequence[str]) -> str:
     columns = _columns(runs)
     digits = {"wall_time_sec": 0, "train_examples_per_sec": 1}
     lines = [f"| row | n | {' | '.join(label for _, label in columns)} | commit |",
@@ -468,20 +791,32 @@ def markdown_table(suite: Suite, runs: dict[str, list[RunResult]]) -> str:
     for record in summary_rows(runs):
         cells = [_cell(record[f"{key}_mean"], record[f"{key}_std"], digits.get(key, 3)) for key, _ in columns]
         lines.append(f"| {record['row']} | {record['n']} | {' | '.join(cells)} | {record['commit']} |")
-    return (f"# {suite.name}\n\nSuite `{suite.path}`. Dev metrics of each run's best epoch (selected by the overall "
-            "score), mean ± sample standard deviation over the n seeds; wall time of a whole run (loading, "
-            "training, evaluation; a resumed run's counts its last session only); train examples/s is the mean of each epoch's rate (the first epoch includes "
-            "compilation); commit is the code the runs were trained with.\n\n" + "\n".join(lines) + "\n")
+    return (f"# {suite.name}\n\nSuite `{suite.path}`. Dev metrics of each run's best epoch (selected by its "
+            "`train.select_by`), mean ± sample standard deviation over the n seeds: each task's, the overall score "
+            "(accuracies and (r + 1) / 2 averaged) and their plain mean; wall time of a whole run (loading, "
+            "training, evaluation; a resumed run's counts its last session only); train examples/s is the mean of "
+            "each epoch's rate (the first epoch includes compilation); commit is the code the runs were trained "
+            "with.\n\n" + "\n".join(lines) + "\n\n" + significance_table(suite, differences, notes))
 
 
-def write_csv(path: Path, runs: dict[str, list[RunResult]]) -> None:
-    records = summary_rows(runs)
-    fields = ["row", "n", "seeds", *(f"{k}_{s}" for k, _ in _columns(runs) for s in ("mean", "std")), "commit"]
+def _write_records(path: Path, fields: Sequence[str], records: Iterable[dict[str, Any]]) -> None:
+    """A CSV of `records`, nan written as an empty cell."""
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for record in records:
             writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in record.items()})
+
+
+def write_csv(path: Path, runs: dict[str, list[RunResult]]) -> None:
+    fields = ["row", "n", "seeds", *(f"{k}_{s}" for k, _ in _columns(runs) for s in ("mean", "std")), "commit"]
+    _write_records(path, fields, summary_rows(runs))
+
+
+def write_significance_csv(path: Path, differences: Sequence[Difference]) -> None:
+    """`compare`'s differences, one record per row and metric, with the columns of `Difference`."""
+    fields = [*(f.name for f in dataclasses.fields(Difference)), "significant"]
+    _write_records(path, fields, ({**dataclasses.asdict(d), "significant": d.significant} for d in differences))
 
 
 def learning_curves(runs: dict[str, list[RunResult]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
@@ -539,15 +874,18 @@ def plot_curves(path: Path, suite: Suite, runs: dict[str, list[RunResult]]) -> N
 
 
 def write_report(suite: Suite, results: str | Path) -> Path:
-    """table.md, table.csv, bars_<metric>.png and curves.png in `<results>/<suite>/`, from the complete runs."""
+    """table.md, table.csv, significance.csv, bars_<metric>.png and curves.png in `<results>/<suite>/`, from
+    the complete runs."""
     import matplotlib
 
     matplotlib.use("Agg")
     folder = Path(results) / suite.name
     folder.mkdir(parents=True, exist_ok=True)
     runs = collect(suite, results)
-    (folder / "table.md").write_text(markdown_table(suite, runs))
+    differences, notes = compare(suite, runs)
+    (folder / "table.md").write_text(markdown_table(suite, runs, differences, notes))
     write_csv(folder / "table.csv", runs)
+    write_significance_csv(folder / "significance.csv", differences)
     metric_keys = _metric_keys(runs)
     for key, label in _columns(runs):
         if key in metric_keys:

@@ -101,6 +101,7 @@ class MultitaskBert(nn.Module):
     tasks: tuple[Task, ...]
     heads: HeadsConfig = HeadsConfig()
     freeze_encoder: bool = False
+    freeze_pals: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     execution: Execution = Execution()
@@ -152,7 +153,7 @@ class MultitaskBert(nn.Module):
         out = self.bert.encode(embeddings, mask, deterministic, adapter)
         # PALs sit inside the encoder, so their gradient needs its backward pass; `partly_frozen_optimizer`
         # still keeps the encoder's own weights fixed.
-        if self.freeze_encoder and adapter is None:
+        if self.freeze_encoder and (adapter is None or self.freeze_pals):
             out = jax.lax.stop_gradient(out)
         return pool(out["last_hidden_state"], out["pooler_output"], mask, pooling)
 

@@ -9,13 +9,13 @@ are reported but enter no summary score.
 from __future__ import annotations
 
 import math
-from typing import Collection, Mapping
+from typing import Any, Collection, Mapping
 
 import numpy as np
 
 from jaxbert import tasks
 
-__all__ = ["accuracy", "pearson", "overall_score", "mean_score", "task_metric", "summarize"]
+__all__ = ["accuracy", "pearson", "overall_score", "mean_score", "task_metric", "summarize", "selection_score"]
 
 
 def _pair(pred, labels, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -96,3 +96,12 @@ def summarize(dev_metrics: Mapping[str, Mapping[str, float]], auxiliary: Collect
         out["overall"] = float(np.mean([(v + 1.0) / 2.0 if name == "pearson" else v for name, v in primaries]))
         out["mean"] = float(np.mean([v for _, v in primaries]))
     return out
+
+
+def selection_score(dev_metrics: Mapping[str, Any], select_by: str = "overall") -> float | None:
+    """The dev score `train.select_by` names, from `summarize`'s output: ``overall``, ``mean``, or a task's
+    own metric; None when the metrics hold no such score (no task that counts, or that task unscored)."""
+    if select_by in ("overall", "mean"):
+        return float(dev_metrics[select_by]) if select_by in dev_metrics else None
+    primary = _primary(dev_metrics.get(select_by))
+    return None if primary is None else primary[1]

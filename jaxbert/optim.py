@@ -248,6 +248,7 @@ def make_optimizer(
     warmup_ratio: float = 0.0,
     schedule: str = "constant",
     weight_decay: float = 0.0,
+    decay_all: bool = False,
     clip_norm: Optional[float] = None,
     b1: float = 0.9,
     b2: float = 0.999,
@@ -256,7 +257,7 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
     """The training optimizer: optional global-norm clipping, then the reference AdamW.
 
-    Weight decay spares biases and LayerNorm parameters (:func:`decay_mask`).
+    Weight decay spares biases and LayerNorm parameters (:func:`decay_mask`) unless ``decay_all``.
 
     Args:
       learning_rate: peak learning rate.
@@ -265,6 +266,7 @@ def make_optimizer(
       schedule: ``"constant"`` (warm-up, then hold the peak) or ``"linear"`` (warm-up, then
         decay linearly to 0 at ``total_steps``).
       weight_decay: decoupled weight decay coefficient.
+      decay_all: decay every parameter, as the course's AdamW does (biases and LayerNorm included).
       clip_norm: if set, gradients are rescaled to at most this global L2 norm before Adam.
       b1, b2, eps, correct_bias: passed to :func:`adamw`.
 
@@ -275,6 +277,6 @@ def make_optimizer(
     transforms = [] if clip_norm is None else [optax.clip_by_global_norm(clip_norm)]
     transforms.append(
         adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-              correct_bias=correct_bias, mask=decay_mask)
+              correct_bias=correct_bias, mask=None if decay_all else decay_mask)
     )
     return optax.chain(*transforms)

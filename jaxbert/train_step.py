@@ -249,7 +249,8 @@ def _pcgrad_two_updates(grads, key, extra, train):
 
 
 def _gradvac(grads, key, extra, train):
-    encoder, targets = gradients.gradvac(grads, key, extra["gradvac_targets"], train.gradvac_beta, train.reduction)
+    encoder, targets = gradients.gradvac(grads, key, extra["gradvac_targets"], train.gradvac_beta, train.reduction,
+                                         ema_from_projected=train.gradvac_ema == "projected")
     return [encoder], {**extra, "gradvac_targets": targets}
 
 

@@ -38,7 +38,7 @@ from jaxbert import data as data_lib
 from jaxbert.checkpoint import STATE_FORMAT, CheckpointStore
 from jaxbert.config import Config, ConfigError, TrainConfig, replace, resolve_stage, save_config, stage_names, to_dict
 from jaxbert.heads import MultitaskBert
-from jaxbert.metrics import summarize, task_metric
+from jaxbert.metrics import selection_score, summarize, task_metric
 from jaxbert.errors import CheckpointError, RunStopped
 from jaxbert.preemption import StopRequests
 from jaxbert.prefetch import prefetch
@@ -164,12 +164,6 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def dev_score(dev_metrics: dict[str, Any]) -> float | None:
-    """The number best-checkpoint selection maximizes, the overall score (`metrics.summarize`); None when no
-    task has a dev metric that counts (nli alone, say)."""
-    return float(dev_metrics["overall"]) if "overall" in dev_metrics else None
-
-
 def data_seed(t: TrainConfig) -> int:
     """The seed of the batch order."""
     return t.seed if t.data_seed is None else t.data_seed
@@ -208,13 +202,14 @@ class Stage:
 
     `config` is the run's config with the stage's fields applied. `plan_seed` seeds its data order: the first
     stage draws exactly as a run without stages would (`data_seed`), every later one (each cycle's included) its
-    own order.
+    own order. `carries`: it continues the optimizer of the stage before (`optimizer: carry`).
     """
 
     index: int
     name: str  # "" for a run without `stages`
     config: Config
     plan_seed: int
+    carries: bool = False
 
 
 def run_stages(config: Config) -> list[Stage]:
@@ -225,8 +220,19 @@ def run_stages(config: Config) -> list[Stage]:
         return [Stage(0, "", config, seed)]
     stages = list(zip(stage_names(config), config.stages)) * config.train.stage_cycles
     return [Stage(k, name, resolve_stage(config, stage),
-                  seed if k == 0 else int(np.random.SeedSequence([seed, k]).generate_state(1)[0]))
+                  seed if k == 0 else int(np.random.SeedSequence([seed, k]).generate_state(1)[0]),
+                  carries=k > 0 and stage.optimizer == "carry")
             for k, (name, stage) in enumerate(stages)]
+
+
+def optimizer_span(stages: list[Stage], k: int) -> list[Stage]:
+    """The stages that share stage `k`'s optimizer: `k` and the neighbours `carry` joins to it."""
+    first, last = k, k
+    while stages[first].carries:
+        first -= 1
+    while last + 1 < len(stages) and stages[last + 1].carries:
+        last += 1
+    return stages[first:last + 1]
 
 
 class Recorder:
@@ -245,6 +251,7 @@ class Recorder:
         self.best_stores = [self.store] if len(self.configs) == 1 else [
             CheckpointStore(Path(c.out) / "checkpoints") for c in self.configs]
         self.records = [{"best_score": -math.inf, "history": [], "score": -math.inf} for _ in self.configs]
+        self.select_by = config.train.select_by
         self.writes = distributed.is_writer()  # the files beside the checkpoints are process 0's
         if len(self.configs) > 1 and self.writes:
             for single in self.configs:
@@ -315,7 +322,7 @@ class Recorder:
         latest state at `position`, each improved seed's best) and writes its metrics."""
         improved, step = [], current_step(state)
         for record, (dev, _) in zip(self.records, evaluations):
-            score = dev_score(dev)
+            score = selection_score(dev, self.select_by)
             entry = {"epoch": len(record["history"]) + 1,  # epochs count on across stages
                      "step": step, "dev": dev, "train_examples_per_sec": examples_per_sec}
             if stage.name:
@@ -381,9 +388,9 @@ class Recorder:
                 "config": to_dict(single), "steps": steps, "best_epoch": None, "wall_time_sec": None,
                 "metrics": {split: e[k][0] for split, e in evaluations.items() if e[k][0]}}
             if history:
-                scored = [r for r in history if dev_score(r["dev"]) is not None]
-                results["best_epoch"] = (max(scored, key=lambda r: dev_score(r["dev"])) if scored
-                                         else history[-1])["epoch"]
+                scored = [r for r in history if selection_score(r["dev"], self.select_by) is not None]
+                results["best_epoch"] = (max(scored, key=lambda r: selection_score(r["dev"], self.select_by))
+                                         if scored else history[-1])["epoch"]
                 if self.writes:
                     plot_curves(history, out / "dev_curves.png")
             if self.writes:
@@ -413,9 +420,18 @@ class Run:
     steps: dict[int, tuple[optax.GradientTransformation, Callable]] = dataclasses.field(default_factory=dict)
 
 
+def stage_updates(run: Run, stage: Stage) -> int:
+    """The optimizer updates `stage` makes."""
+    t = stage.config.train
+    train = {task: splits["train"] for task, splits in run.data.items() if task in stage.config.tasks}
+    return sum(updates_per_step(t, len(step)) for plan in run_plans(stage.config, train, stage.plan_seed)
+               for step in plan)
+
+
 def stage_step(run: Run, stage: Stage, params: Any,
                total_updates: int) -> tuple[optax.GradientTransformation, Callable]:
-    """The stage's optimizer (over its `total_updates`) and jitted train step, built on the stage's first use."""
+    """The stage's optimizer (its schedule over `total_updates`) and jitted train step, built on the stage's first
+    use."""
     entry = stage.index % max(len(run.config.stages), 1)
     if entry not in run.steps:
         tx = build.optimizer(stage.config, params, total_updates)
@@ -424,24 +440,26 @@ def stage_step(run: Run, stage: Stage, params: Any,
 
 
 def run_stage(run: Run, stage: Stage, params: Any, start_step: jax.Array, position: dict[str, int],
-              resume: int | None) -> TrainState:
+              resume: int | None, opt_state: Any = None) -> TrainState:
     """Trains `stage` from `position` in it (its epoch, and the step within that epoch), with a dev evaluation,
     a `metrics.jsonl` record and checkpoints after every epoch.
 
     The stage starts from `params` (encoder and heads, `[seeds, ...]`) and the global `start_step` of the stage
-    before, with a new optimizer state and a new `TrainState.extra`: its learning rate and schedule are laid out
-    over its own steps, and AdamW's moments and GradVac's or SMART's running values belong to the objective and
-    parameters they were gathered for. With `resume` (a step), the state is the latest checkpoint's of that step,
-    which this stage wrote (`run_folder.check_start` found it intact).
+    before, with a new `TrainState.extra` (GradVac's or SMART's running values belong to the objective they were
+    gathered for) and a new optimizer state whose learning rate and schedule are laid out over the stage's own
+    updates, unless the stage carries the stage before's `opt_state`: then over the updates of every stage that
+    optimizer spans. With `resume` (a step), the state is the latest checkpoint's of that step, which this
+    stage wrote (`run_folder.check_start` found it intact).
     """
     config, t, recorder = stage.config, stage.config.train, run.recorder
     train = {task: splits["train"] for task, splits in run.data.items() if task in config.tasks}
     plans = run_plans(config, train, stage.plan_seed)
     epoch_steps = [len(plan) for plan in plans]
     total_steps = sum(epoch_steps)
-    total_updates = sum(updates_per_step(t, len(step)) for plan in plans for step in plan)
+    total_updates = sum(stage_updates(run, s) for s in optimizer_span(run_stages(run.config), stage.index))
     tx, train_step = stage_step(run, stage, params, total_updates)
-    state = replicate(build.train_state(params, tx, config).replace(step=start_step), run.mesh)
+    state = build.train_state(params, tx, config).replace(step=start_step)
+    state = replicate(state if opt_state is None else state.replace(opt_state=opt_state), run.mesh)
     label = f"stage {stage.name}: " if stage.name else ""
     if resume is not None:
         items, _ = recorder.store.restore(state.checkpoint_items(), step=resume)
@@ -620,7 +638,7 @@ def _train_seeds(config: Config, encoder: build.Encoder, data: dict[str, dict[st
                 continue
             by_seed.update(train_run(single, encoder, data, mesh, seed_log, seed_start))
     if len(seeds) > 1:
-        log_seed_summary(by_seed, log)
+        log_seed_summary(by_seed, config.train.select_by, log)
     out = Path(config.out)
     where = out / "seed*" if len(seeds) > 1 else out
     log(f"results: {where / 'results.json'}; predictions: {where / 'predictions'}/; dev curves: "
@@ -660,11 +678,15 @@ def train_run(config: Config, encoder: build.Encoder, data: dict[str, dict[str, 
     recorder.rewrite_metrics(resume or 0)
     # Replicated once, so placing them in each stage's state copies nothing.
     params, step = replicate(params, mesh), jnp.zeros((len(recorder.seeds),), jnp.int32)
+    stages, opt_state = run_stages(config), None
     with run.stop:
-        for stage in run_stages(config)[position["stage"]:]:
-            state = run_stage(run, stage, params, step, position, resume)
+        for stage in stages[position["stage"]:]:
+            state = run_stage(run, stage, params, step, position, resume, opt_state)
             params, step, resume = state.params, state.step, None
-            del state  # its optimizer state belonged to the stage that ended
+            following = stages[stage.index + 1] if stage.index + 1 < len(stages) else None
+            # The optimizer state goes on to a stage that carries it; any other stage starts its own.
+            opt_state = state.opt_state if following is not None and following.carries else None
+            del state
             position = {"stage": stage.index + 1, "epoch": 0, "step_in_epoch": 0}
 
     best_params = replicate(recorder.best_params(params), mesh)
@@ -683,6 +705,7 @@ def describe_run(config: Config, data: dict[str, dict[str, data_lib.Encoded]], e
     checkpoint = Path(m.checkpoint)
     e = encoder.config
     stages = run_stages(config)
+    carried = sum(stage.carries for stage in stages)
     steps = []
     for stage in stages:
         train = {task: data[task]["train"] for task in stage.config.tasks}
@@ -703,9 +726,11 @@ def describe_run(config: Config, data: dict[str, dict[str, data_lib.Encoded]], e
         f"batch {t.batch_size} per task" + (f" in {t.accumulation_steps} micro-batches" if t.accumulation_steps > 1
                                             else "")
         + f", lr {t.lr:g} {t.schedule}" + (f" (warm-up {t.warmup_ratio:g})" if t.warmup_ratio else "")
-        + f", weight decay {t.weight_decay:g}",
+        + f", weight decay {t.weight_decay:g}" + (" on every parameter" if t.decay_norms_and_biases else "")
+        + f"; best checkpoint by dev {t.select_by}",
         f"steps: {sum(steps):,}" + (" (" + ", ".join(f"{s.name or 'stage'} {n:,}" for s, n in zip(stages, steps)) + ")"
                                     if config.stages else f" in {t.epochs} epoch(s)")
+        + (f"; {carried} stage(s) carry the optimizer of the stage before" if carried else "")
         + (f", train.max_steps {t.max_steps} per stage" if t.max_steps is not None else ""),
         f"devices: {mesh.devices.size} × {mesh.devices.flat[0].platform}; seed(s) {', '.join(map(str, seeds))}"
         + (" vmapped in one program" if t.vmap_seeds else " one after another" if len(seeds) > 1 else ""),
@@ -713,11 +738,11 @@ def describe_run(config: Config, data: dict[str, dict[str, data_lib.Encoded]], e
     return lines
 
 
-def log_seed_summary(by_seed: dict[int, dict[str, Any]], log: Callable[[str], None]) -> None:
-    scores = [dev_score(r["metrics"]["dev"]) for r in by_seed.values() if r["metrics"].get("dev")]
+def log_seed_summary(by_seed: dict[int, dict[str, Any]], select_by: str, log: Callable[[str], None]) -> None:
+    scores = [selection_score(r["metrics"]["dev"], select_by) for r in by_seed.values() if r["metrics"].get("dev")]
     scores = [s for s in scores if s is not None]
     if scores:
-        log(f"{len(by_seed)} seeds {min(by_seed)}-{max(by_seed)}: best dev score {np.mean(scores):.4f} "
+        log(f"{len(by_seed)} seeds {min(by_seed)}-{max(by_seed)}: best dev {select_by} {np.mean(scores):.4f} "
             f"± {np.std(scores, ddof=1) if len(scores) > 1 else 0.0:.4f} (mean ± sample std), "
             f"per seed {', '.join(f'{s:.4f}' for s in scores)}")
 

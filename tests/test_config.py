@@ -190,6 +190,19 @@ def test_bad_stage_key_or_type_names_file_index_and_key(tmp_path, text, message)
     ("stages:\n  - name: a\n  - name: a\n", "stage names must differ from each other, got ['a', 'a']"),
     ("stages:\n  - name: a\ntrain:\n  stage_cycles: 0\n", "train.stage_cycles must be at least 1, got 0"),
     ("train:\n  stage_cycles: 2\n", "without stages it must be 1, got 2"),
+    ("stages:\n  - optimizer: keep\n", "stages[0].optimizer is 'keep'; allowed: fresh, carry"),
+    ("stages:\n  - optimizer: carry\n",
+     "stages[0].optimizer carry: the run's first stage has no stage before it whose optimizer it could carry"),
+    ("stages:\n  - name: a\n  - {name: b, optimizer: carry, lr: 1.0e-3, freeze_encoder: true}\n",
+     "stages[1].optimizer carry: the optimizer it carries is another one, train.lr, model.freeze_encoder differ "
+     "from the stage before's"),
+    ("stages:\n  - {name: a, optimizer: carry}\n  - {name: b, lr: 1.0e-3}\ntrain: {stage_cycles: 2}\n",
+     "stages[0].optimizer carry: the optimizer it carries is another one, train.lr differ"),
+    ("heads: {pal_size: 12}\nsmart: {enabled: true}\nstages:\n  - {freeze_encoder: true, freeze_pals: true}\n",
+     "stages[0] (stage1): smart.steps 1: with the encoder frozen and no PALs trained, no gradient reaches the "
+     "perturbed embeddings"),
+    ("stages:\n  - {freeze_pals: true}\n",
+     "stages[0] (stage1): model.freeze_pals: the run has no projected attention layers to freeze"),
 ])
 def test_bad_stage_value_names_index_and_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -528,6 +541,12 @@ def test_the_same_value_twice_is_one():
     (["--tasks", "para,sts", "--losses.simcse_weight=1"],
      "losses.simcse_weight 1.0: none of losses.simcse_tasks ['sst'] is a task of the run ['para', 'sts']: name one "
      "in losses.simcse_tasks or set the weight to 0"),
+    (["--smart", "--freeze-encoder"], "smart.steps 1: with the encoder frozen and no PALs trained, no gradient "
+                                      "reaches the perturbed embeddings and the ascent cannot move the perturbation"),
+    (["--tasks", "sst,nli", "--train.select_by=nli"],
+     "train.select_by is 'nli'; allowed: overall, mean, or a scored task of the run: sst"),
+    (["--train.select_by=best"], "train.select_by is 'best'; allowed: overall, mean, or a scored task of the run: "
+                                 "sst, para, sts"),
 ])
 def test_a_setting_that_cannot_act_is_an_error(argv, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -540,6 +559,32 @@ def test_settings_that_act_load():
                                                 "--losses.simcse_weight=1", "--losses.simcse_tasks=sts"]))
     assert (config.train.surgery, config.smart.enabled, config.train.seed_list) == ("pcgrad", True, [0, 1])
     assert load_config(None, parse_overrides(["--tasks", "nli,sts", "--smart"])).smart.enabled
+    # A frozen encoder still passes SMART's gradient through trainable PALs, and K = 0 needs none.
+    assert load_config(None, parse_overrides(["--smart", "--freeze-encoder", "--heads.pal_size=12"])).smart.enabled
+    assert load_config(None, parse_overrides(["--smart", "--freeze-encoder", "--smart.steps=0"])).smart.enabled
+    assert load_config(None, parse_overrides(["--train.select_by=sts"])).train.select_by == "sts"
+
+
+STAGE_SWITCHES = """\
+heads: {pal_size: 12}
+smart: {enabled: true}
+losses: {supcon_weight: 0.1}
+stages:
+  - {name: frozen, freeze_encoder: true, freeze_pals: true, smart: false, supcon_weight: 0.0}
+  - {name: full, optimizer: fresh}
+  - {name: more, optimizer: carry}
+"""
+
+
+def test_a_stage_switches_regularizers_and_freezing(tmp_path):
+    config = load_config(write(tmp_path / "staged.yaml", STAGE_SWITCHES))
+    frozen, full, more = (resolve_stage(config, stage) for stage in config.stages)
+    assert frozen.model.freeze_encoder and frozen.model.freeze_pals
+    assert not frozen.smart.enabled and frozen.losses.supcon_weight == 0.0
+    assert full.smart.enabled and full.losses.supcon_weight == 0.1 and not full.model.freeze_pals
+    assert [s.optimizer for s in config.stages] == ["fresh", "fresh", "carry"]
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
 
 
 STAGED_SURGERY = """\

@@ -1,7 +1,9 @@
 """The suite runner: strict suite files, the plan, and a tiny suite of 2 rows × 2 seeds trained end to end,
-its table checked against NumPy on the runs' own files, rerun (complete runs skipped) and resumed."""
+its table checked against NumPy on the runs' own files, rerun (complete runs skipped) and resumed, and its
+differences from the baseline row against scipy's Welch test and a bootstrap written here."""
 
 import csv
+import dataclasses
 import json
 import math
 import subprocess
@@ -62,6 +64,8 @@ rows:
     ("seeds: [0, 0]\nrows:\n  - {name: a, config: base.yaml}\n", r"seeds: \[0, 0\] repeats a seed"),
     ("seeds: [-1]\nrows:\n  - {name: a, config: base.yaml}\n", r"seeds: -1 is not a non-negative integer"),
     ("vmap_seeds: 2\nrows:\n  - {name: a, config: base.yaml}\n", r"vmap_seeds: expected true or false"),
+    ("baseline: nope\nrows:\n  - {name: a, config: base.yaml}\n  - {name: b, config: base.yaml}\n",
+     r"suite\.yaml: baseline: no row 'nope'; rows: a, b$"),
 ])
 def test_suite_file_errors_name_the_file_and_row(tmp_path, text, message):
     path = write_suite(tmp_path, text)
@@ -216,6 +220,11 @@ def run_main(capsys, *argv):
     return capsys.readouterr().out
 
 
+# The tiny suite's table columns, each where results.json holds it.
+COLUMNS = {"sst_acc": ("sst", "accuracy"), "para_acc": ("para", "accuracy"), "sts_r": ("sts", "pearson"),
+           "overall": ("overall",), "mean": ("mean",)}
+
+
 def test_tiny_suite_end_to_end(tiny_suite, capsys, monkeypatch):
     path, results = tiny_suite
     folder = results / "tiny"
@@ -261,13 +270,11 @@ def test_tiny_suite_end_to_end(tiny_suite, capsys, monkeypatch):
     with open(folder / "table.csv") as f:
         table = {record["row"]: record for record in csv.DictReader(f)}
     markdown = (folder / "table.md").read_text()
-    paths = {"sst_acc": ("sst", "accuracy"), "para_acc": ("para", "accuracy"), "sts_r": ("sts", "pearson"),
-             "overall": ("overall",)}
     for row in ("sum", "balanced"):
         record = table[row]
         assert record["n"] == "2" and record["seeds"] == "0 1" and record["commit"].startswith(commit)
         columns = {}
-        for key, (task, *name) in paths.items():
+        for key, (task, *name) in COLUMNS.items():
             columns[key] = [runs[row, s][0]["metrics"]["dev"][task] for s in (0, 1)]
             columns[key] = [v[name[0]] if name else v for v in columns[key]]
         columns["wall_time_sec"] = [runs[row, s][0]["wall_time_sec"] for s in (0, 1)]
@@ -281,7 +288,7 @@ def test_tiny_suite_end_to_end(tiny_suite, capsys, monkeypatch):
             digits = {"wall_time_sec": 0, "train_examples_per_sec": 1}.get(key, 3)
             cells.append(f"{mean:.{digits}f} ± {std:.{digits}f}")
         assert f"| {row} | 2 | {' | '.join(cells)} | {record['commit']} |" in markdown
-    for name in ("bars_sst_acc", "bars_para_acc", "bars_sts_r", "bars_overall", "curves"):
+    for name in ("bars_sst_acc", "bars_para_acc", "bars_sts_r", "bars_overall", "bars_mean", "curves"):
         assert (folder / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
 
     # Rerun: nothing complete is trained again. Then a run whose results.json is gone resumes from its last
@@ -302,6 +309,157 @@ def test_tiny_suite_end_to_end(tiny_suite, capsys, monkeypatch):
     (folder / "table.md").unlink()
     run_main(capsys, path, "--results", results, "--report-only")
     assert (folder / "table.md").read_text() == markdown
+
+
+# The tiny suite's dev files: each task's column, file and label column.
+DEV = {"sst_acc": ("ids-sst-dev.csv", "sentiment"), "para_acc": ("quora-dev.csv", "is_duplicate"),
+       "sts_r": ("sts-dev.csv", "similarity")}
+
+
+def resampled_dev_metrics(run: Path, data: Path) -> dict[str, np.ndarray]:
+    """A run's metric columns on the 10,000 resamples the suite's bootstrap documents, from its prediction files
+    and the fixture's dev files, by plain indexing: `{key: [10000]}`."""
+    out = {}
+    for key, (file, label) in DEV.items():
+        task, metric = COLUMNS[key]
+        with open(data / file, newline="") as f:
+            gold_rows = list(csv.DictReader(f, delimiter="\t"))
+        lines = (run / "predictions" / f"{task}-dev-output.csv").read_text().splitlines()[1:]
+        assert [line.split(" , ")[0] for line in lines] == [row["id"] for row in gold_rows]
+        pred = np.array([float(line.split(" , ")[1]) for line in lines])
+        # The data readers keep scores as float32 (`data.Examples`): so did the run's own metric.
+        gold = np.array([float(row[label]) for row in gold_rows], np.float32).astype(np.float64)
+        n = len(gold)
+        idx = np.random.default_rng([0, *task.encode()]).integers(0, n, size=(10_000, n))
+        x, y = pred[idx], gold[idx]
+        if metric == "accuracy":
+            out[key] = (x == y).mean(axis=1)
+        else:
+            x, y = x - x.mean(axis=1, keepdims=True), y - y.mean(axis=1, keepdims=True)
+            out[key] = (x * y).sum(axis=1) / np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
+    out["overall"] = (out["sst_acc"] + out["para_acc"] + (out["sts_r"] + 1) / 2) / 3
+    out["mean"] = (out["sst_acc"] + out["para_acc"] + out["sts_r"]) / 3
+    return out
+
+
+def copy_runs(results: Path, to: Path) -> Path:
+    """The tiny suite's run folders without their checkpoints."""
+    for run in (results / "tiny").glob("*/seed*"):
+        target = to / "tiny" / run.relative_to(results / "tiny")
+        (target / "predictions").mkdir(parents=True)
+        for name in ("config.yaml", "results.json", "metrics.jsonl", "commit.txt"):
+            (target / name).write_bytes((run / name).read_bytes())
+        for file in (run / "predictions").iterdir():
+            (target / "predictions" / file.name).write_bytes(file.read_bytes())
+    return to
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")  # scipy, on Quora's equal seeds
+def test_tiny_suite_significance(tiny_suite, capsys, tmp_path):
+    """The differences from the baseline row (the first, sum) equal scipy's Welch test on the runs' results.json
+    and a bootstrap written here on their own prediction files; `baseline:` picks another row; a run whose
+    predictions are missing or no longer score what results.json says is left out of the bootstrap, with a note."""
+    from scipy import stats
+
+    path, results = tiny_suite
+    run_main(capsys, path, "--results", results)  # trains nothing once test_tiny_suite_end_to_end has run
+    folder, data = results / "tiny", path.parent / "data"
+    with open(folder / "significance.csv") as f:
+        table = {record["metric"]: record for record in csv.DictReader(f)}
+    markdown = (folder / "table.md").read_text()
+    assert "## Differences from the baseline, sum" in markdown
+    assert list(table) == ["sst_acc", "para_acc", "sts_r", "overall", "mean"]
+    results_json = {(row, s): json.loads((folder / row / f"seed{s}" / "results.json").read_text())["metrics"]["dev"]
+                    for row in ("sum", "balanced") for s in (0, 1)}
+    resampled = {(row, s): resampled_dev_metrics(folder / row / f"seed{s}", data)
+                 for row in ("sum", "balanced") for s in (0, 1)}
+
+    def value(row, seed, key):
+        task, *name = COLUMNS[key]
+        return results_json[row, seed][task][name[0]] if name else results_json[row, seed][task]
+
+    def independent_bootstrap(key, seeds):
+        d = np.mean([resampled["balanced", s][key] - resampled["sum", s][key] for s in seeds], axis=0)
+        low, high = np.percentile(d, [2.5, 97.5])
+        return low, high, min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0)))
+
+    num = lambda text: math.nan if text == "" else float(text)  # noqa: E731
+    varied = 0
+    for key, record in table.items():
+        assert (record["row"], record["baseline"], record["paired_seeds"]) == ("balanced", "sum", "2")
+        row, base = [value("balanced", s, key) for s in (0, 1)], [value("sum", s, key) for s in (0, 1)]
+        welch = stats.ttest_ind(row, base, equal_var=False)
+        interval = welch.confidence_interval(0.95)
+        assert num(record["diff"]) == pytest.approx(np.mean(row) - np.mean(base), abs=1e-15)
+        assert num(record["welch_low"]) == pytest.approx(interval.low, rel=1e-12, abs=1e-15)
+        assert num(record["welch_high"]) == pytest.approx(interval.high, rel=1e-12, abs=1e-15)
+        assert num(record["welch_p"]) == pytest.approx(welch.pvalue, rel=1e-12, nan_ok=True)
+        low, high, p = independent_bootstrap(key, (0, 1))
+        assert num(record["bootstrap_diff"]) == pytest.approx(np.mean(np.subtract(row, base)), abs=1e-15)
+        assert num(record["bootstrap_low"]) == pytest.approx(low, rel=1e-9, abs=1e-12)
+        assert num(record["bootstrap_high"]) == pytest.approx(high, rel=1e-9, abs=1e-12)
+        assert num(record["bootstrap_p"]) == pytest.approx(p, abs=1e-12)
+        significant = welch.pvalue < 0.05 and p < 0.05
+        assert record["significant"] == str(significant)
+        diff = f"{np.mean(row) - np.mean(base):+.4f}{'*' if significant else ''}"
+        assert f"| balanced | {experiments.metric_label(key)} | {diff} | " in markdown
+        varied += high > low
+    assert varied >= 3  # the rows' predictions differ: most intervals are not a point
+
+    # One seed a side: no t-test, a bootstrap over the one seed.
+    suite = load_suite(path)
+    runs = experiments.collect(suite, results)
+    one = experiments.compare(suite, {row: row_runs[:1] for row, row_runs in runs.items()})[0]
+    for d in one:
+        assert math.isnan(d.welch_low) and math.isnan(d.welch_p) and d.paired_seeds == 1 and not d.significant
+        assert (d.bootstrap_low, d.bootstrap_high, d.bootstrap_p) == pytest.approx(
+            independent_bootstrap(d.metric, (0,)), rel=1e-9, abs=1e-12)
+
+    assert experiments.compare(suite, {**runs, "sum": []}) == (
+        [], ["the baseline row sum has no complete run: nothing is compared"])
+
+    # `baseline: balanced`: the same comparisons, the other way round.
+    other = path.parent / "suite_balanced.yaml"
+    other.write_text(path.read_text() + "baseline: balanced\n")
+    flipped, notes = experiments.compare(load_suite(other), runs)
+    assert not notes and [(d.row, d.baseline, d.metric) for d in flipped] == [("sum", "balanced", k) for k in table]
+    for d in flipped:
+        record = table[d.metric]
+        assert d.diff == pytest.approx(-num(record["diff"]), abs=1e-15)
+        assert d.welch_p == pytest.approx(num(record["welch_p"]), rel=1e-12, nan_ok=True)
+        assert (d.bootstrap_low, d.bootstrap_high) == pytest.approx(
+            (-num(record["bootstrap_high"]), -num(record["bootstrap_low"])), rel=1e-9, abs=1e-12)
+        assert d.bootstrap_p == pytest.approx(num(record["bootstrap_p"]), abs=1e-12)
+
+    # A missing prediction file, and one edited since: those runs leave the bootstrap, and the table says why.
+    copied = copy_runs(results, tmp_path / "results")
+    (copied / "tiny" / "balanced" / "seed1" / "predictions" / "sst-dev-output.csv").unlink()
+    sts = copied / "tiny" / "sum" / "seed0" / "predictions" / "sts-dev-output.csv"
+    lines = sts.read_text().splitlines(keepends=True)
+    sts.write_text("".join([lines[0], lines[1].split(" , ")[0] + " , 0.5 \n", *lines[2:]]))
+    differences, notes = experiments.compare(suite, experiments.collect(suite, copied))
+    assert len(notes) == 2 and notes[0].startswith("sum seed 0 is left out of the bootstrap: ")
+    assert "sts-dev-output.csv scores pearson" in notes[0] and "the dev data changed since the run" in notes[0]
+    assert notes[1].startswith("balanced seed 1 is left out of the bootstrap: ") and "is missing" in notes[1]
+    # sum keeps seed 1 in the bootstrap, balanced seed 0: no seed pairs; the t-test is as before.
+    assert [d.paired_seeds for d in differences] == [0] * 5 and all(math.isnan(d.bootstrap_p) for d in differences)
+    assert [d.welch_high for d in differences] == pytest.approx([num(r["welch_high"]) for r in table.values()])
+    text = experiments.markdown_table(suite, experiments.collect(suite, copied), differences, notes)
+    assert f"\n- {notes[1]}\n" in text and "| 0 | n/a | n/a |" in text
+
+
+def test_significance_table_marks_what_both_tests_find():
+    nan = math.nan
+    suite = experiments.Suite(Path("s.yaml"), "s", (0, 1), False, (), "plain")
+    both = experiments.Difference("pcgrad", "plain", "sst_acc", 0.0123, 0.002, 0.0226, 0.03, 2, 0.0123, 0.005,
+                                  0.019, 0.0)
+    welch_only = dataclasses.replace(both, metric="overall", bootstrap_p=0.2)
+    untested = experiments.Difference("smart", "plain", "sts_r", -0.00004, nan, nan, nan, 0, nan, nan, nan, nan)
+    assert both.significant and not welch_only.significant and not untested.significant
+    text = experiments.significance_table(suite, [both, welch_only, untested], [])
+    assert "| pcgrad | SST acc | +0.0123* | [+0.0020, +0.0226] | 0.030 | 2 | [+0.0050, +0.0190] | <0.001 |" in text
+    assert "| pcgrad | overall | +0.0123 | [+0.0020, +0.0226] | 0.030 | 2 | [+0.0050, +0.0190] | 0.200 |" in text
+    assert "| smart | STS r | -0.0000 | n/a | n/a | 0 | n/a | n/a |" in text
 
 
 def test_bad_command_line_exits_with_the_reason(tiny_suite):

@@ -91,6 +91,9 @@ REFERENCE_CASES = {
     # The full training chain: an inactive clip, decay_mask exempting "bias".
     "make_optimizer": (lambda: make_optimizer(LR, STEPS, weight_decay=WD, clip_norm=1e9,
                                               b1=B1, b2=B2, eps=EPS), True, BIAS_EXEMPT),
+    # `train.decay_norms_and_biases`: the course's AdamW, which decays the bias too.
+    "make_optimizer_decay_all": (lambda: make_optimizer(LR, STEPS, weight_decay=WD, decay_all=True, b1=B1, b2=B2,
+                                                        eps=EPS), True, ALL_DECAYED),
 }
 
 

@@ -87,3 +87,72 @@ def test_suite_runs_every_row_of_its_report(number):
     rows = {p.resolve() for p in ROWS if report_of(p) == number}
     assert rows, f"report {number} has no row config"
     assert sorted(configs) == sorted(rows)
+
+
+def row(name: str):
+    return load_config(REPORTS / f"{name}.yaml")
+
+
+def resolved_stages(config):
+    from jaxbert.config import resolve_stage
+
+    return [resolve_stage(config, stage) for stage in config.stages]
+
+
+def test_004_best_model_runs_smart_as_smart_pytorch_on_sst_and_sts():
+    """The report's four SMART values are smart-pytorch's defaults: its normalized step, on SST and STS."""
+    config = row("004_best_model")
+    smart = config.smart
+    assert (smart.ascent, smart.tasks) == ("normalized", ["sst", "sts"])
+    assert (smart.steps, smart.step_size, smart.epsilon, smart.noise_std) == (1, 1e-3, 1e-6, 1e-5)
+
+
+@pytest.mark.parametrize("name", ["004_with_pal", "004_best_model"])
+def test_004_baseline_stage_trains_the_heads_alone(name):
+    """The transferred baseline (§4.1) trains only the heads: no PALs and no SMART; the full model trains both."""
+    baseline, full = resolved_stages(row(name))
+    assert baseline.model.freeze_encoder and baseline.model.freeze_pals and not baseline.smart.enabled
+    assert baseline.train.lr == 1e-3 and full.train.lr == 1e-5
+    assert not full.model.freeze_encoder and not full.model.freeze_pals
+    assert full.smart.enabled == (name == "004_best_model")
+
+
+def test_000_additional_sts_keeps_one_optimizer():
+    config = row("000_joint_additional_sts")
+    assert config.train.stage_cycles == 10 and [s.optimizer for s in config.stages] == ["carry", "carry"]
+
+
+@pytest.mark.parametrize("number, select_by, decay_all", [
+    ("000", "overall", False), ("001", "mean", True), ("002", "overall", False), ("003", "mean", False),
+    ("004", "overall", True)])
+def test_selection_score_and_decay_mask_follow_each_report(number, select_by, decay_all):
+    """001 and 003 tabulate the plain mean of the three scores; 001 and 004 decay every parameter as the course's
+    AdamW (the others have no weight decay)."""
+    config = load_config(REPORTS / f"{number}_settings.yaml")
+    assert config.train.select_by == select_by
+    assert config.train.decay_norms_and_biases == decay_all
+    assert decay_all or config.train.weight_decay == 0
+
+
+def test_features_the_gap_notes_once_missed_are_used():
+    assert row("001_simcse_nli").heads.task_hidden_layers == {"sts": 1}  # the layer NLI and STS share
+    for name in ("003_r1_baseline_pretrained", "003_r2_baseline_finetuned"):
+        assert row(name).heads.task_hidden_layers == {"para": 1}  # two linear layers for paraphrase
+    stale = ("jaxbert regularizes every task", "cosine STS head has no such layer", "MLP depth can only")
+    for path in SETTINGS + ROWS:
+        text = path.read_text()
+        assert not any(note in text for note in stale), path.name
+    readme = (REPORTS / "README.md").read_text()
+    assert "SMART covers every task" not in readme and "do not share a linear layer" not in readme
+
+
+@pytest.mark.parametrize("weight", [1, 3, 5])
+def test_003_appendix_sweeps_smart_on_sts_alone(weight):
+    config = row(f"003_appendix_sts_smart_lambda_{weight}")
+    assert config.tasks == ["sts"] and config.smart.enabled and config.smart.weight == weight
+    assert config.smart.ascent == "normalized" and config.smart.bregman_weight == 0
+
+
+def test_004_round_robin_to_the_largest_task():
+    config = row("004_round_robin_to_largest")
+    assert (config.train.sampler, config.train.epoch_length) == ("roundrobin", "max")

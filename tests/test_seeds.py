@@ -114,7 +114,7 @@ def test_seeds_in_turn_write_the_same_layout(workspace, vmapped):  # noqa: F811
         assert len(dev_history(folder)) == 1
     assert run_files(out) == ["config.yaml", *(f"seed{s}/{f}" for s in SEEDS for f in run_files(out / f"seed{s}"))]
     assert any(line.startswith("seed 4: epoch 1: dev") for line in logs)
-    assert any(line.startswith("2 seeds 3-4: best dev score") for line in logs)
+    assert any(line.startswith("2 seeds 3-4: best dev overall") for line in logs)
 
 
 def test_vmapped_run_resumes_exactly(workspace, vmapped, monkeypatch):  # noqa: F811

@@ -12,6 +12,7 @@ from conftest import killed_after_checkpoint, restore, run_config, staged_config
 from jaxbert import build
 from jaxbert import checkpoint as checkpoint_lib
 from jaxbert import training
+from jaxbert.metrics import selection_score
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
@@ -106,7 +107,7 @@ def test_frozen_stage_then_full_stage(workspace, frozen_then_full):
     assert [(r["epoch"], r["stage"], r["stage_name"], r["stage_epoch"], r["step"])
             for r in records(config.out)] == [(1, 0, "heads", 1, 5), (2, 1, "full", 1, 9), (3, 1, "full", 2, 13)]
     # The results come from the best checkpoint of the whole run.
-    best = max(records(config.out), key=lambda r: training.dev_score(r["dev"]))
+    best = max(records(config.out), key=lambda r: selection_score(r["dev"]))
     assert results["best_epoch"] == best["epoch"] and results["metrics"]["dev"] == best["dev"]
 
 
@@ -181,3 +182,112 @@ def test_stage_cycles_repeat_the_stages(workspace, monkeypatch):
         assert_same(after["sst"], before["sst"])
         assert_same(after["para"], before["para"])
     assert differs(saves[2][1]["sst"], saves[1][1]["sst"])  # ...which the next joint stage trains again
+
+
+CARRIED = """\
+stages:
+  - name: joint
+    epochs: 1
+  - name: sts
+    tasks: [sts]
+    epochs: 1
+    optimizer: carry
+"""
+
+
+def adam_state(opt_state):
+    (state,) = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: hasattr(x, "counts")) if hasattr(x, "counts")]
+    return state
+
+
+@pytest.fixture(scope="module")
+def carried(workspace):
+    """A staged run whose sts stage carries the joint stage's optimizer, on a linear schedule: (config, results,
+    the updates each optimizer's schedule spans, each checkpoint's (progress, AdamW state))."""
+    _, _, root = workspace
+    config = staged_config(workspace, root / "carried", CARRIED, CHECKPOINT_EVERY, "--train.schedule=linear")
+    spans, saves = [], []
+    real_optimizer, real_save = build.optimizer, checkpoint_lib.CheckpointStore.save
+
+    def optimizer(config, params, total_updates):
+        spans.append(total_updates)
+        return real_optimizer(config, params, total_updates)
+
+    def save(self, state, progress, best=False):
+        saves.append((dict(progress), host(adam_state(state["opt_state"]))))
+        real_save(self, state, progress, best)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(build, "optimizer", optimizer)
+        patch.setattr(checkpoint_lib.CheckpointStore, "save", save)
+        results = training.train_and_evaluate(config, log=lambda _: None)
+    return config, results, spans, saves
+
+
+def test_a_carried_optimizer_keeps_its_moments_count_and_schedule(carried):
+    config, results, spans, saves = carried
+    assert results["steps"] == 10
+    assert spans == [10, 10]  # one linear schedule over both stages' updates, not one per stage
+    latest = [(p["stage"], p["epoch"], p["step_in_epoch"], s) for p, s in saves]
+    assert [where[:3] for where in latest] == [(0, 0, 2), (0, 0, 4), (0, 1, 0), (1, 0, 2), (1, 0, 4), (1, 1, 0)]
+    end_of_joint, into_sts = latest[2][3], latest[3][3]
+    assert int(end_of_joint.count[0]) == 5 and int(into_sts.count[0]) == 7  # the count goes on
+    # The encoder's counts go on too (sts's cosine head has no params); the heads the sts stage leaves out keep
+    # their counts and moments.
+    assert max(int(c[0]) for c in jax.tree.leaves(into_sts.counts["bert"])) == 7
+    assert {int(c[0]) for c in jax.tree.leaves(into_sts.counts["sst"])} == {5}
+    assert_same(into_sts.mu["sst"], end_of_joint.mu["sst"])
+    assert differs(into_sts.mu["bert"], end_of_joint.mu["bert"])
+
+
+def test_a_carried_optimizer_resumes_exactly_across_the_stage_boundary(workspace, carried, monkeypatch):
+    """Killed right after the joint stage's last checkpoint, the resumed run carries that checkpoint's optimizer
+    into the sts stage and ends as the uninterrupted run did."""
+    _, _, root = workspace
+    config, full, _, _ = carried
+    out = root / "carried_cut"
+    make = lambda: staged_config(workspace, out, CARRIED, CHECKPOINT_EVERY, "--train.schedule=linear")  # noqa: E731
+    with killed_after_checkpoint(monkeypatch, 3):
+        training.train_and_evaluate(make(), log=lambda _: None)
+    assert restore(out)[1]["stage"] == 0
+    resumed = training.train_and_evaluate(make(), log=lambda _: None, resume=True)
+    assert resumed["metrics"] == full["metrics"]
+    assert records(out, train=True) == records(config.out, train=True)
+    (a, _), (b, _) = restore(config.out), restore(out)
+    assert_same(host(a["params"]), host(b["params"]))
+    assert_same(host(a["opt_state"]), host(b["opt_state"]))
+
+
+PAL_STAGES = """\
+stages:
+  - name: frozen
+    freeze_encoder: true
+    freeze_pals: true
+    smart: false
+    epochs: 1
+  - name: full
+    epochs: 1
+"""
+PALS = ("--heads.pal_size=12", "--heads.pal_heads=1", "--smart", "--smart.steps=1", "--train.select_by=sts")
+
+
+def test_a_stage_freezes_the_pals_and_switches_smart_off(workspace, monkeypatch):
+    """The frozen stage trains the heads alone, without SMART: exactly what a plain run of its settings trains;
+    the next stage trains the PALs and the encoder with SMART. Checkpoints are chosen by sts's r."""
+    _, _, root = workspace
+    config = staged_config(workspace, root / "pal_stages", PAL_STAGES, *PALS)
+    results, starts, saves = traced_run(config, monkeypatch)
+    initial, after_frozen, final = starts[0], saves[0][1], saves[-1][1]
+    assert [(p["stage"], p["epoch"]) for p, _ in saves] == [(0, 1), (1, 1)]
+    for frozen in ("bert", "pal_sst", "pal_para", "pal_sts"):
+        assert_same(after_frozen[frozen], initial[frozen])
+        assert differs(final[frozen], after_frozen[frozen])
+    assert differs(after_frozen["sst"], initial["sst"])
+
+    plain = root / "pal_plain"
+    training.train_and_evaluate(run_config(workspace, plain, *PALS, "--freeze-encoder", "--model.freeze_pals=true",
+                                           "--smart=false", "--epochs=1"), log=lambda _: None)
+    assert_same(host(restore(plain)[0]["params"]), after_frozen)
+
+    best = max(records(config.out), key=lambda r: r["dev"]["sts"]["pearson"])
+    assert results["best_epoch"] == best["epoch"] and results["metrics"]["dev"] == best["dev"]

@@ -151,20 +151,25 @@ def test_two_updates_step_is_pcgrad_then_plain():
                       jax.tree.map(lambda g: 2 * g, task_grads["sst"]["sst"]), atol=1e-7)
 
 
-def test_gradvac_step_carries_its_targets():
-    """GradVac's EMA targets live in the state, move by β·cos each step, and reach the checkpoint."""
+@pytest.mark.parametrize("ema", ["raw", "projected"])
+def test_gradvac_step_carries_its_targets(ema):
+    """GradVac's EMA targets live in the state, move by β·cos each step (the cosine `train.gradvac_ema` names),
+    and reach the checkpoint."""
     model, params, batches = tiny_model()
     tx, key = optax.sgd(1.0), jax.random.key(1)
     config = load_config(None, {"train.loss_combination": "sum", "train.surgery": "gradvac",
-                                "train.gradvac_beta": 0.5})
+                                "train.gradvac_beta": 0.5, "train.gradvac_ema": ema})
     extra = initial_extra(params, config)
     state = create_train_state(jax.tree.map(jnp.array, params), tx, extra)
     step = jax.jit(one_seed_step(model, tx, key, config))
     new, _ = step(state, batches)
     task_grads = reference_task_grads(model, params, batches, key)
     shared = [task_grads[t]["bert"] for t in sorted(task_grads)]
-    update, targets = gradvac(shared, surgery_key(key), gradvac_init(3), 0.5, "sum")
+    update, targets = gradvac(shared, surgery_key(key), gradvac_init(3), 0.5, "sum",
+                              ema_from_projected=ema == "projected")
     np.testing.assert_allclose(new.extra["gradvac_targets"], targets, atol=1e-5)
+    _, other = gradvac(shared, surgery_key(key), gradvac_init(3), 0.5, "sum", ema_from_projected=ema == "raw")
+    assert not np.allclose(other, targets, atol=1e-4)  # the two sources differ on these gradients
     assert np.abs(np.asarray(targets)).sum() > 0
     assert_tree_close(jax.tree.map(lambda a, b: a - b, params["bert"], new.params["bert"]), update, atol=1e-6)
     assert "gradvac_targets" in new.checkpoint_items()["extra"]
