@@ -11,6 +11,9 @@ Rows (`--rows`, comma-separated; each runs in a fresh process so its compile tim
                  state stacked over N seeds (each its own init and dropout key), all on the same batches. Its
                  examples/s count every seed's examples, so against the `jax` row it is the throughput of N
                  seeds in one program over N runs one after another.
+  jax-sweep<N>   N learning rates in one program, as `sweep: {train.lr: [...]}` trains them: the plain step
+                 vmapped over N members of one seed, each with its own traced learning rate (the config's lr
+                 times 1 … N); against the `jax` row, the throughput of the sweep over its N runs one after another.
   torch          the same work in PyTorch: `torch_reference.Multitask` (transformers' `BertModel`, SDPA attention,
                  the same three heads and losses), `torch.optim.AdamW` (fused on GPU), bf16 autocast when `--dtype bfloat16`.
   torch-compile  the `torch` row with the model and losses under `torch.compile`.
@@ -27,6 +30,7 @@ sequences). Timing: `--warmup` untimed calls (the first one, compile included, i
     python benchmarks/bench_step.py                                   # defaults for the backend found
     python benchmarks/bench_step.py --model bert-base --batch 32 --seq 128 --rows jax,jax-pcgrad,torch
     python benchmarks/bench_step.py --rows jax,jax-vmap2,jax-vmap4              # seeds in one program
+    python benchmarks/bench_step.py --rows jax,jax-sweep2,jax-sweep4            # learning rates in one program
     python benchmarks/bench_step.py --rows jax,torch --attention-dropout 0 --attention cudnn
 """
 
@@ -45,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -204,11 +209,13 @@ def bench_config(settings: Settings, surgery: str = "none", smart: bool = False)
                               "model.attention": settings.attention, "model.remat": settings.remat})
 
 
-def jax_row(settings: Settings, surgery: str, smart: bool, seeds: int | None = None) -> dict[str, Any]:
+def jax_row(settings: Settings, surgery: str, smart: bool, seeds: int | None = None,
+            learning_rates: int | None = None) -> dict[str, Any]:
     """The step as `jaxbert.training` builds it (through `jaxbert.build`), from the default `Config` with
     `surgery` (and SMART when `smart`), on a random-init model and one fixed set of batches. With `seeds`, the step
     of a vmapped run of that many seeds (`--seeds N --vmap-seeds`), the first of which is the one-seed row's
-    model."""
+    model; with `learning_rates`, the step of a sweep of that many learning rates (the config's times 1 … N) on
+    the one-seed row's model."""
     import jax
 
     from jaxbert import build
@@ -219,12 +226,15 @@ def jax_row(settings: Settings, surgery: str, smart: bool, seeds: int | None = N
     check_devices(config, mesh.devices.size)
     model = build.model(config, model_config(settings))
     bert_params = jax.jit(lambda key: build.random_params(model, key)["bert"])(jax.random.key(settings.seed))
-    seed_list = list(range(settings.seed, settings.seed + (seeds or 1)))
+    seed_list = list(range(settings.seed, settings.seed + (seeds or 1))) + [settings.seed] * ((learning_rates or 1) - 1)
     params = build.initial_params(model, bert_params, seed_list)
-    tx = build.optimizer(config, params, settings.warmup + settings.steps)
+    updates = settings.warmup + settings.steps
+    tx = build.optimizer(config, params, updates)
     state = replicate(build.train_state(params, tx, config), mesh)
     num_params = sum(x.size for x in jax.tree.leaves(state.params)) // len(seed_list)
-    train_step = build.train_step(model, tx, config, seed_list, mesh)
+    sweep = {"train.lr": config.train.lr * np.arange(1, learning_rates + 1, dtype=np.float32)} if learning_rates else {}
+    train_step = build.train_step(model, tx, config, seed_list, mesh, sweep,
+                                  partial(build.optimizer, config, params, updates) if learning_rates else None)
     batches = shard_batch(step_inputs(settings), mesh)  # resident: the step alone is timed, not the transfer
 
     metrics = None
@@ -239,11 +249,13 @@ def jax_row(settings: Settings, surgery: str, smart: bool, seeds: int | None = N
     stats = device.memory_stats() or {}
     peak, source = ((stats["peak_bytes_in_use"], "device") if "peak_bytes_in_use" in stats
                     else (peak_rss_bytes(), "process RSS"))
-    loss = np.asarray(metrics["loss"]).tolist()  # one per seed
+    loss = np.asarray(metrics["loss"]).tolist()  # one per member
+    stacked = seeds or learning_rates
     return {"framework": "jax", "platform": device.platform, "device": device.device_kind,
             "devices": mesh.devices.size, "params": int(num_params), **({"seeds": seeds} if seeds else {}),
-            "loss": loss if seeds else loss[0], "peak_memory_bytes": int(peak), "memory_source": source,
-            **timing_fields(settings, compile_s, times, seeds or 1)}
+            **({"learning_rates": sweep["train.lr"].tolist()} if learning_rates else {}),
+            "loss": loss if stacked else loss[0], "peak_memory_bytes": int(peak), "memory_source": source,
+            **timing_fields(settings, compile_s, times, stacked or 1)}
 
 
 # ----------------------------------------------------------------------------- PyTorch rows
@@ -343,11 +355,24 @@ def vmap_seeds(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def sweep_size(name: str) -> int | None:
+    """N for a `jax-sweep<N>` row, else None."""
+    match = re.fullmatch(r"jax-sweep([1-9][0-9]*)", name)
+    return int(match.group(1)) if match else None
+
+
+def members_in_one_program(name: str) -> int | None:
+    """The N of a `jax-vmap<N>` or `jax-sweep<N>` row."""
+    return vmap_seeds(name) or sweep_size(name)
+
+
 def run_row(name: str, settings: Settings) -> dict[str, Any]:
     """One row's measurements, or the error that stopped it."""
     try:
         if vmap_seeds(name):
             result = jax_row(settings, "none", smart=False, seeds=vmap_seeds(name))
+        elif sweep_size(name):
+            result = jax_row(settings, "none", smart=False, learning_rates=sweep_size(name))
         elif name.startswith("jax"):
             surgery = name.removeprefix("jax-") if name not in ("jax", "jax-smart") else "none"
             result = jax_row(settings, surgery, smart=name == "jax-smart")
@@ -424,8 +449,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ratios: dict[str, Any] = {}
     if plain:
         for name, r in by_name.items():
-            if vmap_seeds(name):  # N seeds in one step against N plain steps one after another
-                ratios[f"{name}_over_sequential_throughput"] = vmap_seeds(name) * plain / r["step_ms_median"]
+            if members_in_one_program(name):  # N members in one step against N plain steps one after another
+                ratios[f"{name}_over_sequential_throughput"] = (members_in_one_program(name) * plain
+                                                                 / r["step_ms_median"])
             elif name.startswith("jax-"):
                 ratios[f"{name}_over_jax_step_time"] = r["step_ms_median"] / plain
         if "input" in by_name:
@@ -472,8 +498,9 @@ def ratio_lines(ratios: dict[str, Any]) -> list[str]:
             verdict = "meets" if value >= INPUT_GOAL else "misses"
             lines.append(f"input pipeline / plain step rate: {value:.1f}× ({verdict} the goal ≥ {INPUT_GOAL:g}×)")
         elif key.endswith("_over_sequential_throughput"):
-            n = vmap_seeds(key.removesuffix("_over_sequential_throughput"))
-            lines.append(f"{n} seeds vmapped in one step / {n} plain steps one after another: {value:.2f}× the "
+            row = key.removesuffix("_over_sequential_throughput")
+            n, what = (vmap_seeds(row), "seeds") if vmap_seeds(row) else (sweep_size(row), "learning rates")
+            lines.append(f"{n} {what} vmapped in one step / {n} plain steps one after another: {value:.2f}× the "
                          f"throughput")
         elif key.endswith("_over_jax_step_time"):
             lines.append(f"{key.removesuffix('_over_jax_step_time')} step / plain step: {value:.3f}×")
@@ -521,10 +548,10 @@ def resolve(args: argparse.Namespace, defaults: dict[str, Any]) -> Settings:
     """Fills the flags left out from `defaults` and checks them."""
     values = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
     rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
-    unknown = [r for r in rows if r not in row_names() and not vmap_seeds(r)]
+    unknown = [r for r in rows if r not in row_names() and not members_in_one_program(r)]
     if unknown:
         raise ValueError(f"--rows: unknown row(s) {unknown}; choose from {', '.join(row_names())}, jax-vmap<N> "
-                         f"(N >= 1 seeds)")
+                         f"(N >= 1 seeds), jax-sweep<N> (N >= 1 learning rates)")
     for name in ("batch", "seq", "steps", "warmup"):
         if values[name] < 1:
             raise ValueError(f"--{name} must be >= 1, got {values[name]}")

@@ -85,13 +85,14 @@ def base_keys(seeds: Sequence[int]) -> jax.Array:
     return jnp.stack([jax.random.fold_in(jax.random.key(seed), 1) for seed in seeds])
 
 
-def optimizer(config: Config, params: Any, total_updates: int) -> optax.GradientTransformation:
-    """The optimizer of the (stage-resolved) `config`: its learning rate and schedule laid out over
-    `total_updates` (the stage's, or those of every stage that carries it), the encoder and the PALs left alone
-    when they are frozen. The heads and PALs of tasks the stage does not train need no freezing: an update leaves
-    every parameter without a loss in it untouched (`train_step.untouched`)."""
+def optimizer(config: Config, params: Any, total_updates: int,
+              lr: float | jax.Array | None = None) -> optax.GradientTransformation:
+    """The optimizer of the (stage-resolved) `config`: its learning rate (or `lr`, a sweep member's, traced in
+    the step) and schedule laid out over `total_updates` (the stage's, or those of every stage that carries it),
+    the encoder and the PALs left alone when they are frozen. The heads and PALs of tasks the stage does not train
+    need no freezing: an update leaves every parameter without a loss in it untouched (`train_step.untouched`)."""
     t, m = config.train, config.model
-    tx = make_optimizer(t.lr, max(total_updates, 1), warmup_ratio=t.warmup_ratio, schedule=t.schedule,
+    tx = make_optimizer(t.lr if lr is None else lr, max(total_updates, 1), warmup_ratio=t.warmup_ratio, schedule=t.schedule,
                         weight_decay=t.weight_decay, decay_all=t.decay_norms_and_biases, clip_norm=t.clip_norm,
                         eps=t.eps)
     frozen = {name for name in params if (name == "bert" and m.freeze_encoder)
@@ -105,12 +106,16 @@ def train_state(params: Any, tx: optax.GradientTransformation, config: Config) -
 
 
 def train_step(model: MultitaskBert, tx: optax.GradientTransformation, config: Config, seeds: Sequence[int],
-               mesh: Mesh) -> Callable:
+               mesh: Mesh, sweep: dict[str, Any] | None = None,
+               lr_optimizer: Callable[[jax.Array], optax.GradientTransformation] | None = None) -> Callable:
     """The jitted `step(state, batches) -> (state, metrics)` of the (stage-resolved) `config`: its tasks, loss
-    combination, surgery, updates, frozen encoder or not; vmapped over the seeds of the state."""
+    combination, surgery, updates, frozen encoder or not; vmapped over the members of the state, whose `seeds`
+    and, in a sweep, values of the swept keys (`sweep`, `{key: [members]}`) are given. A swept `train.lr` needs
+    `lr_optimizer`, the optimizer of a learning rate."""
     model = model.clone(freeze_encoder=config.model.freeze_encoder, freeze_pals=config.model.freeze_pals)
-    return step_lib.jit_train_step(partial(step_lib.train_step, base_keys=base_keys(seeds), model=model, tx=tx,
-                                           config=config), mesh)
+    return step_lib.jit_train_step(partial(step_lib.train_step, base_keys=base_keys(seeds),
+                                           sweep={key: jnp.asarray(v) for key, v in (sweep or {}).items()},
+                                           model=model, tx=tx, config=config, lr_optimizer=lr_optimizer), mesh)
 
 
 def predict_steps(model: MultitaskBert, mesh: Mesh) -> dict[str, Callable]:

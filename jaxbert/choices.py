@@ -15,6 +15,7 @@ COSINE_HEADS = ("cosine", "sigmoid_cosine")  # the STS heads that score a pair b
 HEAD_ACTIVATIONS = ("relu", "gelu", "tanh", "squared_relu")
 PAL_FUNCTIONS = ("attention", "identity")  # g of a PAL's TS(h) = V^D g(V^E h)
 DATA_SOURCES = ("auto", "local", "hf")  # auto: a task's local files when its train file is there, else its Hub source
+STEP_SHAPES = ("per_task", "step_max")  # what each task of a step pads to: its own bucket, or the step's longest
 SAMPLERS = ("roundrobin", "sequential", "proportional", "annealed")
 EPOCH_LENGTHS = ("min", "max", "steps")
 LOSS_COMBINATIONS = ("sum", "mean", "weights", "balanced")
@@ -28,3 +29,7 @@ CLASSIFICATION_LOSSES = ("ce", "ordinal")  # `losses.sst`: the loss of every sof
 STS_LOSSES = ("mse", "cosine_embedding")
 SMART_NORMS = ("inf", "l2")
 SMART_ASCENTS = ("projected", "normalized")
+# The keys a `sweep:` may vary inside one compiled program (each is a number the step multiplies by), and the
+# short name each has in a member's folder name.
+SWEEP_KEYS = {"train.lr": "lr", "losses.supcon_weight": "supcon_weight", "losses.simcse_weight": "simcse_weight",
+              "smart.weight": "smart_weight", "smart.bregman_weight": "bregman_weight"}

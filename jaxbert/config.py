@@ -18,6 +18,7 @@ import difflib
 import functools
 import inspect
 import io
+import itertools
 import math
 import re
 import tokenize
@@ -109,6 +110,7 @@ class DataConfig:
     files: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # files of yours: {sst: {train: path}}
     max_length: int = 128  # tokens of an encoder input (longer ones are truncated)
     buckets: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 128])  # the lengths a batch pads to
+    step_shapes: str = "per_task"  # a step's tasks pad to their own buckets, or all to its longest (fewer compiles)
     cache_dir: str | None = None  # token cache (None: $XDG_CACHE_HOME/jaxbert/tokens or ~/.cache/jaxbert/tokens)
 
 
@@ -142,6 +144,7 @@ class TrainConfig:
     group_by_length: int = 0  # sort each run of N batches by length so batches pad little (0: off)
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
     log_every: int = 10  # log the train loss every N steps
+    compilation_cache: str | None = "auto"  # JAX's persistent compilation cache (auto: the user's; null, off: none)
     select_by: str = "overall"  # the dev score that picks the best checkpoint: overall | mean | a task's metric
     stage_cycles: int = 1  # run the whole list of `stages` this many times
     nonfinite: str = "stop"  # a step with a non-finite loss or gradient: stop the run, or skip its update
@@ -322,6 +325,7 @@ class Config:
     smart: SmartConfig = dataclasses.field(default_factory=SmartConfig)  # SMART (Jiang et al. 2020)
     stages: list[StageConfig] = dataclasses.field(default_factory=list)  # empty: one stage, the run's own settings
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)  # several processes
+    sweep: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # {train.lr: [1e-5, 2e-5]}: one program
 
     def task(self, name: str) -> Task:
         """The task named `name`: one of `task_defs`, or a built-in."""
@@ -898,6 +902,7 @@ CHOICES = {
     "heads.classifier_activation": ("none", *choices.HEAD_ACTIVATIONS),
     "heads.pal_function": choices.PAL_FUNCTIONS,
     "data.source": choices.DATA_SOURCES,
+    "data.step_shapes": choices.STEP_SHAPES,
     "train.sampler": choices.SAMPLERS,
     "train.epoch_length": choices.EPOCH_LENGTHS,
     "train.loss_combination": choices.LOSS_COMBINATIONS,
@@ -926,6 +931,59 @@ def validate(config: Config) -> None:
     _validate_distributed(config)
     _validate_stages(config)
     _validate_selection(config)
+    _validate_sweep(config)
+
+
+def sweep_points(config: Config) -> list[dict[str, float]]:
+    """The grid of `config.sweep`: one `{key: value}` per point, the first key's values varying slowest, in the
+    order given (`[{}]` without a sweep). Keys are dotted paths (an alias such as `lr` resolved)."""
+    keys = [resolve_key(key) for key in config.sweep]
+    return [dict(zip(keys, values)) for values in itertools.product(*config.sweep.values())]
+
+
+# A weight of 0 switches its term off, and with it what the term needs (SupCon and SimCSE a second dropout view of
+# the batch, the Bregman term its EMA teacher): the program of such a member is another one.
+_SWITCHING_WEIGHTS = ("losses.supcon_weight", "losses.simcse_weight", "smart.weight", "smart.bregman_weight")
+
+
+def _validate_sweep(config: Config) -> None:
+    """A sweep varies only `choices.SWEEP_KEYS`, by values that leave the program's shapes and structure alone,
+    and every point of its grid is a valid run of its own."""
+    swept = {}
+    for key, values in config.sweep.items():
+        try:
+            path = resolve_key(key)
+        except ConfigError as e:
+            raise ConfigError(f"sweep: {e}") from None
+        _check(path not in swept.values(), f"sweep: {path} is given twice")
+        swept[key] = path
+        if path.endswith("_dropout") or path == "heads.dropout":
+            raise ConfigError(f"sweep: {path} is a constant of the compiled model (and 0 takes attention to a kernel "
+                              "without dropout), not a number one program can vary: train each rate as its own run "
+                              "or suite row")
+        _check(path in choices.SWEEP_KEYS,
+               f"sweep: {path} changes the program's shapes or structure, or is not a number the step multiplies "
+               f"by; a sweep varies {', '.join(choices.SWEEP_KEYS)}: train other values as runs or suite rows of "
+               "their own")
+        _check(bool(values) and len(set(values)) == len(values),
+               f"sweep: {key}: expected a list of distinct numbers, got {values}")
+        _check(not path.startswith("smart.") or config.smart.enabled or any(st.smart for st in config.stages),
+               f"sweep: {path}: SMART is off in every stage of the run, so no member would feel it: add --smart")
+        _check(path not in _SWITCHING_WEIGHTS or all(v > 0 for v in values),
+               f"sweep: {key}: {values} holds 0 or less; a weight of 0 switches its term off (SupCon and SimCSE "
+               "their second dropout view, the Bregman term its teacher), which makes another program: sweep weights "
+               "above 0, and train 0 as a run of its own")
+    for k, (name, stage) in enumerate(zip(stage_names(config), config.stages)):
+        set_here = [path for field, path in STAGE_FIELDS.items() if getattr(stage, field) is not None
+                    and path in swept.values()]
+        _check(not set_here, f"sweep: stages[{k}] ({name}) sets {', '.join(set_here)}, which the sweep varies: the "
+                             "stage's value would overrule every point's; sweep a run without that stage field")
+    for point in sweep_points(config) if config.sweep else []:
+        try:
+            validate(replace(config, {**point, "sweep": {}}))
+        except ConfigError as e:
+            shown = ", ".join(f"{key}={value:g}" for key, value in point.items())
+            raise ConfigError(f"sweep point {shown}: {e}") from None
 
 
 def _validate_selection(config: Config) -> None:
@@ -1165,6 +1223,8 @@ def _validate_train(config: Config) -> None:
            f"{t.weight_decay} and {t.eps}")
     _check(t.clip_norm is None or t.clip_norm > 0, f"train.clip_norm must be positive or null, got {t.clip_norm}")
     _check(t.max_nonfinite >= 1, f"train.max_nonfinite must be at least 1, got {t.max_nonfinite}")
+    _check(t.compilation_cache is None or bool(t.compilation_cache.strip()),
+           "train.compilation_cache must name a folder, or be auto (the user's cache folder) or null (no cache)")
     _check(t.log_every >= 1 and t.checkpoint_every >= 0 and t.group_by_length >= 0,
            f"train.log_every must be positive, train.checkpoint_every and train.group_by_length non-negative, got "
            f"{t.log_every}, {t.checkpoint_every} and {t.group_by_length}")

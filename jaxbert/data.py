@@ -638,7 +638,12 @@ def token_cache_dir(config: Config) -> Path:
     read-only, and the cache is keyed by the files' contents, so any run of any folder may share it)."""
     if config.data.cache_dir is not None:
         return Path(config.data.cache_dir).expanduser().absolute()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jaxbert" / "tokens"
+    return user_cache_dir("tokens")
+
+
+def user_cache_dir(name: str) -> Path:
+    """The folder of jaxbert's cache `name`: `$XDG_CACHE_HOME/jaxbert/<name>`, else `~/.cache/jaxbert/<name>`."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jaxbert" / name
 
 
 def encode_for_run(config: Config, examples: Examples, tokenizer: BertTokenizer, cache_dir: str | None = None,

@@ -20,7 +20,8 @@ A suite file:
 Overrides take the keys and forms of `python train.py`'s command line (`--help SECTION` lists a section's:
 `--help train`) and apply in the order config file, suite, row, command line. Each run is a normal run folder,
 `<results>/<suite>/<row>/seed<k>/`; one holding `results.json` is complete and skipped, any other is resumed
-from its last checkpoint. A run folder whose `config.yaml` differs from what the suite now asks for is an
+from its last checkpoint. A row whose config has a `sweep` trains its points × the seeds in one call, each
+member in `<row>/<point>/seed<k>/`, and each point is a row of the tables, `<row>[<point>]`. A run folder whose `config.yaml` differs from what the suite now asks for is an
 error, not a silent skip. The report (`table.md`, `table.csv`, `significance.csv`, `bars_<metric>.png`,
 `curves.png`) follows the runs: mean ± std over seeds, and every row's difference from the baseline row by
 Welch's t-test over seeds and a paired bootstrap over the dev examples (`compare`); `commit.txt` in each run
@@ -48,8 +49,10 @@ import yaml
 from jaxbert import tasks
 from jaxbert import config as config_module
 from jaxbert import data as data_lib
-from jaxbert.config import Config, ConfigError, help_text, leaf_paths, load_config, parse_overrides, resolve_key
+from jaxbert.config import (Config, ConfigError, help_text, leaf_paths, load_config, parse_overrides, resolve_key,
+                            sweep_points)
 from jaxbert.errors import DataError, MissingFileError, UserError
+from jaxbert.members import members as members_of, point_name
 from jaxbert.metrics import summarize, task_metric
 
 SUITE_KEYS = ("name", "seeds", "vmap_seeds", "baseline", "overrides", "rows")
@@ -75,6 +78,12 @@ class Row:
     name: str
     config: Path  # the row's config file
     overrides: dict[str, Any]  # the suite's overrides, then the row's, then the command line's; dotted keys
+    points: tuple[str, ...] = ()  # a sweep's point names (`members.point_name`), each a row of the tables
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Its rows in the tables: its name, or with a sweep `name[point]` for each point."""
+        return tuple(f"{self.name}[{point}]" for point in self.points) or (self.name,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,16 +147,17 @@ def load_suite(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
         config_file = path.parent / str(spec["config"])
         if not config_file.is_file():
             raise SuiteError(f"{where}: config file {config_file} does not exist")
-        row = Row(row_name, config_file, {**common, **_overrides(spec.get("overrides", {}), f"{where}: overrides"),
-                                          **extra})
+        overrides = {**common, **_overrides(spec.get("overrides", {}), f"{where}: overrides"), **extra}
         try:
-            load_config(row.config, row.overrides)
+            config = load_config(config_file, overrides)
         except ConfigError as e:
             raise SuiteError(f"{where} (config {config_file}): {e}") from None
-        rows.append(row)
-    baseline = data.get("baseline", rows[0].name)
-    if baseline not in [r.name for r in rows]:
-        raise SuiteError(f"{path}: baseline: no row {baseline!r}; rows: {', '.join(r.name for r in rows)}")
+        rows.append(Row(row_name, config_file, overrides, tuple(map(point_name, sweep_points(config)))
+                        if config.sweep else ()))
+    labels = [label for r in rows for label in r.labels]
+    baseline = data.get("baseline", labels[0])
+    if baseline not in labels:
+        raise SuiteError(f"{path}: baseline: no row {baseline!r}; rows: {', '.join(labels)}")
     return Suite(path, name, seeds, vmap_seeds, tuple(rows), baseline)
 
 
@@ -202,23 +212,26 @@ def _overrides(mapping: Any, where: str) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """One call of `train_and_evaluate`: a single seed, or consecutive seeds vmapped in one program."""
+    """One call of `train_and_evaluate`: a single seed, consecutive seeds vmapped in one program, or a sweep's
+    points × seeds in one program."""
     row: str
     seeds: tuple[int, ...]
     config_file: Path
     overrides: dict[str, Any]  # the row's overrides and the runner's keys (out, seed(s))
-    folders: tuple[Path, ...]  # the run folder of each seed
+    folders: tuple[Path, ...]  # the run folder of each member
+    sweep: bool = False
 
     @property
     def vmapped(self) -> bool:
-        return len(self.seeds) > 1
+        return len(self.seeds) > 1 or self.sweep
 
     def config(self) -> Config:
         return load_config(self.config_file, self.overrides)
 
 
-def run_folder(results: Path, suite: Suite, row: str, seed: int) -> Path:
-    return Path(results) / suite.name / row / f"seed{seed}"
+def run_folder(results: Path, suite: Suite, row: str, seed: int, point: str = "") -> Path:
+    """A run's folder: `<results>/<suite>/<row>/seed<k>/`, for a sweep's point `<row>/<point>/seed<k>/`."""
+    return Path(results) / suite.name / row / point / f"seed{seed}"
 
 
 def is_complete(folder: Path) -> bool:
@@ -231,12 +244,17 @@ def plan(suite: Suite, results: str | Path, seeds: Sequence[int] | None = None,
 
     With `vmap_seeds`, each stretch of consecutive missing seeds of a row is one call with `train.seeds`,
     `train.vmap_seeds` and `out=<row folder>`, which writes `seed<k>/` in it; a lone missing seed is a plain run.
+    A sweep row's seeds that some point misses are one call (`out=<row folder>`), every point of them in one
+    program.
     """
     results = Path(results)
     seeds = tuple(seeds) if seeds is not None else suite.seeds
     rows = [suite.row(name) for name in only] if only else list(suite.rows)
     jobs = []
     for row in rows:
+        if row.points:
+            jobs.extend(_sweep_jobs(results, suite, row, seeds))
+            continue
         for folder in [results / suite.name / row.name, *(run_folder(results, suite, row.name, s) for s in seeds)]:
             check_unchanged(folder, row)
         missing = [s for s in seeds if not is_complete(run_folder(results, suite, row.name, s))]
@@ -246,6 +264,21 @@ def plan(suite: Suite, results: str | Path, seeds: Sequence[int] | None = None,
                       "out": str(results / suite.name / row.name if len(group) > 1 else folders[0])}
             jobs.append(Job(row.name, tuple(group), row.config, {**row.overrides, **runner}, folders))
     return jobs
+
+
+def _sweep_jobs(results: Path, suite: Suite, row: Row, seeds: Sequence[int]) -> list[Job]:
+    runner = {"train.seed": seeds[0], "train.seeds": list(seeds), "train.vmap_seeds": False,
+              "out": str(results / suite.name / row.name)}
+    check_unchanged(results / suite.name / row.name, row)
+    for member in members_of(load_config(row.config, {**row.overrides, **runner})):
+        check_unchanged(Path(member.config.out), row, member.config)
+    missing = [s for s in seeds if not all(is_complete(run_folder(results, suite, row.name, s, point))
+                                           for point in row.points)]
+    if not missing:
+        return []
+    runner.update({"train.seed": missing[0], "train.seeds": missing})
+    folders = tuple(run_folder(results, suite, row.name, s, point) for point in row.points for s in missing)
+    return [Job(row.name, tuple(missing), row.config, {**row.overrides, **runner}, folders, sweep=True)]
 
 
 def _consecutive(seeds: Sequence[int]) -> list[list[int]]:
@@ -258,8 +291,9 @@ def _consecutive(seeds: Sequence[int]) -> list[list[int]]:
     return groups
 
 
-def check_unchanged(folder: Path, row: Row) -> None:
-    """A run folder whose config.yaml differs from the row's config (runner keys aside) is an error.
+def check_unchanged(folder: Path, row: Row, member: Config | None = None) -> None:
+    """A run folder whose config.yaml differs from the row's config (or a sweep member's, `member`; runner keys
+    aside) is an error.
 
     Keys only one side knows (a field added to the code since) are not compared.
     """
@@ -267,7 +301,7 @@ def check_unchanged(folder: Path, row: Row) -> None:
     if not saved_file.is_file():
         return
     saved = yaml.safe_load(saved_file.read_text()) or {}
-    wanted = dataclasses.asdict(load_config(row.config, row.overrides))
+    wanted = dataclasses.asdict(member or load_config(row.config, row.overrides))
     changed = []
     for key in leaf_paths():
         if key in RUNNER_KEYS:
@@ -299,23 +333,27 @@ def describe_plan(suite: Suite, results: str | Path, jobs: Sequence[Job], seeds:
     """One line per row × seed: its run folder and what the suite will do with it."""
     results = Path(results)
     seeds = tuple(seeds) if seeds is not None else suite.seeds
-    names = list(only) if only else [r.name for r in suite.rows]
+    chosen = [suite.row(name) for name in only] if only else list(suite.rows)
     job_of = {(job.row, seed): job for job in jobs for seed in job.seeds}
-    width = max(map(len, names))
-    lines = [f"suite {suite.name} ({suite.path}): {len(names)} rows × {len(seeds)} seeds, "
+    labels = [(row, point, label) for row in chosen for point, label in zip(row.points or ("",), row.labels)]
+    width = max(len(label) for _, _, label in labels)
+    lines = [f"suite {suite.name} ({suite.path}): {len(labels)} rows × {len(seeds)} seeds, "
              f"results in {results / suite.name}"]
-    for name in names:
+    for row, point, label in labels:
         for seed in seeds:
-            folder = run_folder(results, suite, name, seed)
-            job = job_of.get((name, seed))
+            folder = run_folder(results, suite, row.name, seed, point)
+            job = job_of.get((row.name, seed))
             if job is None:
                 status = "complete, skipped"
             else:
                 out = Path(job.overrides["out"])
                 status = "resumes from its checkpoint" if (out / "checkpoints").is_dir() else "new"
-                if job.vmapped:
+                if job.sweep:
+                    status += f" (the sweep's {len(row.points)} points × seeds {','.join(map(str, job.seeds))} in " \
+                              f"one call, out={out})"
+                elif job.vmapped:
                     status += f" (seeds {','.join(map(str, job.seeds))} vmapped in one call, out={out})"
-            lines.append(f"  {name:<{width}}  seed {seed}  {folder}  {status}")
+            lines.append(f"  {label:<{width}}  seed {seed}  {folder}  {status}")
     lines.append(f"{len(jobs)} call(s) of train_and_evaluate to make")
     return lines
 
@@ -368,7 +406,8 @@ def run_jobs(jobs: Sequence[Job], log: Callable[[str], None] = print) -> None:
         for folder in job.folders:
             folder.mkdir(parents=True, exist_ok=True)
             record_commit(folder, commit)
-        label = f"{job.row} seed{'s' if job.vmapped else ''} {','.join(map(str, job.seeds))}"
+        label = (f"{job.row}{' (sweep)' if job.sweep else ''} seed{'s' if len(job.seeds) > 1 else ''} "
+                 f"{','.join(map(str, job.seeds))}")
         log(f"[{i}/{len(jobs)}] {label} → {config.out}")
         train_and_evaluate(config, log=lambda line, p=f"[{label}]": log(f"{p} {line}"), resume=True)
 
@@ -431,13 +470,15 @@ def read_run(folder: Path, seed: int) -> RunResult:
 
 
 def collect(suite: Suite, results: str | Path) -> dict[str, list[RunResult]]:
-    """Every complete run under each row's folder (whatever seeds exist), seeds in order."""
+    """Every complete run under each table row's folder (whatever seeds exist), seeds in order: `{label: runs}`,
+    a sweep row's points each a row of their own (`Row.labels`)."""
     runs = {}
     for row in suite.rows:
-        folder = Path(results) / suite.name / row.name
-        seeds = sorted(int(m.group(1)) for p in (folder.iterdir() if folder.is_dir() else [])
-                       if (m := re.fullmatch(r"seed(\d+)", p.name)) and is_complete(p))
-        runs[row.name] = [read_run(folder / f"seed{s}", s) for s in seeds]
+        for point, label in zip(row.points or ("",), row.labels):
+            folder = Path(results) / suite.name / row.name / point
+            seeds = sorted(int(m.group(1)) for p in (folder.iterdir() if folder.is_dir() else [])
+                           if (m := re.fullmatch(r"seed(\d+)", p.name)) and is_complete(p))
+            runs[label] = [read_run(folder / f"seed{s}", s) for s in seeds]
     return runs
 
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 from jaxbert.checkpoint import STATE_FORMAT, CheckpointStore, Intact
 from jaxbert.config import Config, ConfigError, get, load_config, to_dict
 from jaxbert.errors import CheckpointError, UserError
+from jaxbert.members import members
 
 # What a run writes into its folder (and each `seed<k>/` of a multi-seed run); `--overwrite` clears these.
 OUTPUTS = ("config.yaml", "checkpoints", "metrics.jsonl", "tensorboard", "results.json", "predictions",
@@ -34,8 +35,9 @@ SEED_FOLDER = re.compile(r"seed\d+")
 # a non-finite step does, and on how many processes it runs.
 # Anything else shapes the training, and a resumed run would not be the run its folder holds.
 RESUME_MAY_DIFFER = ("out", "train.epochs", "train.max_steps", "train.log_every", "train.checkpoint_every",
-                     "train.eval_batch_size", "train.nonfinite", "train.max_nonfinite", "model.checkpoint",
-                     "data.data_dir", "data.cache_dir", "data.files*", "task_defs.*.files*", "distributed.*")
+                     "train.eval_batch_size", "train.nonfinite", "train.max_nonfinite", "train.compilation_cache",
+                     "model.checkpoint", "data.data_dir", "data.cache_dir", "data.files*", "task_defs.*.files*",
+                     "distributed.*")
 
 
 class RunFolderError(UserError):
@@ -174,7 +176,7 @@ def check_start(config: Config, resume: bool = False, overwrite: bool = False, c
     if all((f / "results.json").is_file() for f in result_folders(config)) and all(
             get(saved, key) == get(config, key) for key in length):
         return Start("finished", folder, used)
-    found = latest_progress(folder, len(config.train.seed_list))
+    found = latest_progress(folder, len(members(config)))
     return Start("resume", folder, used, found.progress, found.step, found.skipped)
 
 
@@ -184,7 +186,7 @@ def latest_progress(folder: Path, seeds: int) -> Intact:
 
     Raises:
       RunFolderError: there are checkpoints and none reads (naming the folder and why each does not), or the
-        checkpoint is of another number of seeds.
+        checkpoint is of another number of members (seeds, times the points of a sweep).
     """
     where = folder / "checkpoints"
     if not where.is_dir():
@@ -203,8 +205,8 @@ def latest_progress(folder: Path, seeds: int) -> Intact:
                              "had another layout: finish it with that version, or train into another out folder")
     if progress is not None and len(progress["seeds"]) != seeds:
         raise RunFolderError(f"--resume: the checkpoint in {where} holds {len(progress['seeds'])} seed(s), this run "
-                             f"trains {seeds} (train.seeds, train.vmap_seeds): resume with the settings it was "
-                             "started with, or train into another out folder")
+                             f"trains {seeds} (train.seeds, train.vmap_seeds, sweep): resume with the settings it "
+                             "was started with, or train into another out folder")
     return found
 
 
@@ -226,15 +228,15 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def result_folders(config: Config) -> list[Path]:
-    """The folders holding the run's `results.json`: its own, or each seed's."""
-    folder, seeds = Path(config.out), config.train.seed_list
-    return [folder] if len(seeds) == 1 else [folder / f"seed{s}" for s in seeds]
+    """The folders holding the run's `results.json`: its own, or each member's (`jaxbert.members`)."""
+    return [Path(member.config.out) for member in members(config)]
 
 
-def saved_results(config: Config) -> dict[str, Any] | dict[int, dict[str, Any]]:
-    """A finished run's `results.json` (`{seed: ...}` for several seeds), as `train_and_evaluate` returns it."""
-    results = {s: json.loads((f / "results.json").read_text())
-               for s, f in zip(config.train.seed_list, result_folders(config))}
+def saved_results(config: Config) -> dict[str, Any] | dict[int | str, dict[str, Any]]:
+    """A finished run's `results.json` (`{member key: ...}` for several members), as `train_and_evaluate`
+    returns it."""
+    results = {member.key: json.loads((Path(member.config.out) / "results.json").read_text())
+               for member in members(config)}
     return results if len(results) > 1 else next(iter(results.values()))
 
 
@@ -251,14 +253,19 @@ def clear(folder: Path) -> list[str]:
             else:
                 continue
             deleted.append(str(path.relative_to(folder)))
-        if f != folder and not any(f.iterdir()):
-            f.rmdir()
+        for empty in (f, f.parent) if f != folder else ():  # a sweep point's folder goes with its last seed
+            if empty != folder and not any(empty.iterdir()):
+                empty.rmdir()
     return deleted
 
 
 def _seed_folders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and SEED_FOLDER.fullmatch(p.name)) \
-        if folder.is_dir() else []
+    """The member folders in `folder`: `seed<k>/`, and a sweep's `<point>/seed<k>/`."""
+    if not folder.is_dir():
+        return []
+    points = [p for p in sorted(folder.iterdir()) if p.is_dir() and "=" in p.name]
+    return [*(p for p in sorted(folder.iterdir()) if p.is_dir() and SEED_FOLDER.fullmatch(p.name)),
+            *(q for p in points for q in sorted(p.iterdir()) if q.is_dir() and SEED_FOLDER.fullmatch(q.name))]
 
 
 def _what_is_there(folder: Path) -> list[str]:

@@ -26,7 +26,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxbert import gradients, losses, smart
-from jaxbert.config import Config, TrainConfig
+from jaxbert.config import Config, TrainConfig, get
 from jaxbert.heads import MultitaskBert
 
 Batches = dict[str, dict[str, jax.Array]]  # task → arrays with a leading batch axis
@@ -111,14 +111,17 @@ def _twice(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
 
 
 def task_loss_fns(model: MultitaskBert, batches: Batches, dropout_key: jax.Array, config: Config,
-                  teacher: Any = None) -> dict[str, Callable]:
+                  teacher: Any = None, sweep: dict[str, jax.Array] | None = None) -> dict[str, Callable]:
     """`{task: params -> (loss, parts)}`: each task's loss on its own batch, with its own dropout stream.
 
     `parts` names the loss's terms (`head`, `supcon`, `simcse`, `smart`, `bregman`) for the metrics. The
     contrastive terms see two dropout views of every sentence, made by running the batch twice in one call;
-    SMART adds its adversarial term and, with a `teacher`, its proximal term against it.
+    SMART adds its adversarial term and, with a `teacher`, its proximal term against it. A sweep member's values
+    (`sweep`, `{key: scalar}`) stand for the config's weights of the keys it varies; which terms exist is the
+    config's decision, the same for every member.
     """
     loss_config, smart_config = config.losses, config.smart
+    weight = lambda key: (sweep or {}).get(key, get(config, key))  # noqa: E731
 
     def loss_fn(name, batch, key):
         task = model.task(name)
@@ -139,20 +142,20 @@ def task_loss_fns(model: MultitaskBert, batches: Batches, dropout_key: jax.Array
             if views == 2:
                 first, second = (grouped[:, view].reshape(-1, grouped.shape[-1]) for view in (0, 1))
                 if loss_config.supcon(task):
-                    parts["supcon"] = loss_config.supcon_weight * losses.supervised_contrastive_loss(
+                    parts["supcon"] = weight("losses.supcon_weight") * losses.supervised_contrastive_loss(
                         embeddings, jnp.concatenate([labels, labels]), loss_config.supcon_temperature)
                 if loss_config.simcse(task):
-                    parts["simcse"] = loss_config.simcse_weight * losses.simcse_loss(
+                    parts["simcse"] = weight("losses.simcse_weight") * losses.simcse_loss(
                         first, second, loss_config.simcse_temperature)
             if smart_config.smooths(task):
                 adversarial = smart.adversarial_loss(lambda d: forward(params, d)[0], output,
                                                      model.encoder_input_shape(name, inputs), task.divergence,
                                                      smart_key, smart_config)
-                parts["smart"] = smart_config.weight * adversarial
+                parts["smart"] = weight("smart.weight") * adversarial
                 if teacher is not None:
                     teacher_output, _ = forward(teacher)
-                    parts["bregman"] = smart_config.bregman_weight * smart.bregman_loss(output, teacher_output,
-                                                                                         task.divergence)
+                    parts["bregman"] = weight("smart.bregman_weight") * smart.bregman_loss(output, teacher_output,
+                                                                                            task.divergence)
             return sum(parts.values()), parts
 
         return loss
@@ -287,12 +290,13 @@ def apply_update(state: TrainState, grads: Any, tasks: Collection[str], *, model
 
 
 def joint_update(state: TrainState, batches: Batches, dropout_key: jax.Array, surgery_key: jax.Array, *,
-                 model: MultitaskBert, tx: optax.GradientTransformation, config: Config):
+                 model: MultitaskBert, tx: optax.GradientTransformation, config: Config,
+                 sweep: dict[str, jax.Array] | None = None):
     """`(state, results, grads, loss)` of the step's one update from every task's loss; with gradient surgery,
     the updates its method makes from the per-task gradients, and its new `extra`."""
     train, teacher = config.train, state.extra.get("teacher")
     apply = partial(apply_update, tasks=batches, model=model, tx=tx)
-    fns = lambda b, key: task_loss_fns(model, b, key, config, teacher)  # noqa: E731
+    fns = lambda b, key: task_loss_fns(model, b, key, config, teacher, sweep)  # noqa: E731
     if train.surgery == "none":
         results, grads = accumulate(lambda b, key: joint_gradient(fns(b, key), state.params, train), batches,
                                     dropout_key, train.accumulation_steps)
@@ -312,7 +316,7 @@ def joint_update(state: TrainState, batches: Batches, dropout_key: jax.Array, su
 
 
 def per_task_update(state: TrainState, batches: Batches, dropout_key: jax.Array, *, model: MultitaskBert,
-                    tx: optax.GradientTransformation, config: Config):
+                    tx: optax.GradientTransformation, config: Config, sweep: dict[str, jax.Array] | None = None):
     """`(state, results, grads, loss)` of one update per task, tasks in sorted order, each from that task's loss
     (times its weight under `loss_combination` "weights") at the params the previous task's update left, with
     the dropout stream a joint step gives it: the course baseline's loop (report 002's "Baseline")."""
@@ -320,7 +324,7 @@ def per_task_update(state: TrainState, batches: Batches, dropout_key: jax.Array,
     weights = train.loss_weights if train.loss_combination == "weights" else {}
 
     def task_gradient(task, params, b, key):
-        fn = task_loss_fns(model, b, key, config, teacher)[task]
+        fn = task_loss_fns(model, b, key, config, teacher, sweep)[task]
 
         def weighted(p):
             task_loss, parts = fn(p)
@@ -347,16 +351,22 @@ def step_keys(base_key: jax.Array, step: jax.Array, num_tasks: int) -> tuple[jax
     return dropout_key, jax.random.fold_in(dropout_key, num_tasks)
 
 
-def seed_step(state: TrainState, batches: Batches, base_key: jax.Array, *, model: MultitaskBert,
-              tx: optax.GradientTransformation, config: Config) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One step of one seed (no seed axis): the new state and the step's metrics."""
+def seed_step(state: TrainState, batches: Batches, base_key: jax.Array, sweep: dict[str, jax.Array] | None = None, *,
+              model: MultitaskBert, tx: optax.GradientTransformation, config: Config,
+              lr_optimizer: Callable[[jax.Array], optax.GradientTransformation] | None = None
+              ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One step of one member (no member axis): the new state and the step's metrics. `sweep` holds the member's
+    values of the keys a sweep varies (`{key: scalar}`); a swept `train.lr` takes the optimizer `lr_optimizer`
+    makes of it (the same transformation as `tx`, whose state the member's is)."""
     dropout_key, surgery_key = step_keys(base_key, state.step, len(batches))
+    if sweep and "train.lr" in sweep:
+        tx = lr_optimizer(sweep["train.lr"])
     if config.train.updates == "per_task":
         new_state, results, grads, loss = per_task_update(state, batches, dropout_key, model=model, tx=tx,
-                                                          config=config)
+                                                          config=config, sweep=sweep)
     else:
         new_state, results, grads, loss = joint_update(state, batches, dropout_key, surgery_key, model=model, tx=tx,
-                                                       config=config)
+                                                       config=config, sweep=sweep)
     extra = dict(new_state.extra)
     if "teacher" in extra:
         extra["teacher"] = smart.update_teacher(extra["teacher"], new_state.params, config.smart.teacher_momentum)
@@ -394,11 +404,14 @@ def guard_nonfinite(old: TrainState, new: TrainState, metrics: dict[str, jax.Arr
 
 
 def train_step(state: TrainState, batches: Batches, base_keys: jax.Array, *, model: MultitaskBert,
-               tx: optax.GradientTransformation, config: Config) -> tuple[TrainState, dict[str, jax.Array]]:
-    """`seed_step` vmapped over the seed axis of `state` and of the typed keys `base_keys` `[seeds]`, on shared
-    `batches`: step `s` of seed k draws its keys from `fold_in(base_keys[k], s)`. Every metric is `[seeds]`."""
-    return jax.vmap(partial(seed_step, model=model, tx=tx, config=config), in_axes=(0, None, 0))(
-        state, batches, base_keys)
+               tx: optax.GradientTransformation, config: Config, sweep: dict[str, jax.Array] | None = None,
+               lr_optimizer: Callable[[jax.Array], optax.GradientTransformation] | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """`seed_step` vmapped over the member axis of `state`, of the typed keys `base_keys` `[members]` and of a
+    sweep's values `{key: [members]}`, on shared `batches`: step `s` of member k draws its keys from
+    `fold_in(base_keys[k], s)`. Every metric is `[members]`."""
+    return jax.vmap(partial(seed_step, model=model, tx=tx, config=config, lr_optimizer=lr_optimizer),
+                    in_axes=(0, None, 0, 0))(state, batches, base_keys, sweep or {})
 
 
 def predict(params: Any, batch: dict[str, jax.Array], *, model: MultitaskBert, task: str) -> jax.Array:

@@ -22,6 +22,7 @@ import json
 import math
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,16 +33,18 @@ import optax
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from jaxbert import build, distributed
+from jaxbert import build, choices, compilation, distributed
 from jaxbert import run_folder
 from jaxbert import data as data_lib
 from jaxbert.checkpoint import STATE_FORMAT, CheckpointStore
-from jaxbert.config import Config, ConfigError, TrainConfig, replace, resolve_stage, save_config, stage_names, to_dict
+from jaxbert.config import Config, ConfigError, resolve_stage, save_config, stage_names, sweep_points, to_dict
 from jaxbert.heads import MultitaskBert
+from jaxbert.members import Member, data_seed, in_one_program, members, point_name, program_config
 from jaxbert.metrics import selection_score, summarize, task_metric
 from jaxbert.errors import CheckpointError, RunStopped
 from jaxbert.preemption import StopRequests
 from jaxbert.prefetch import prefetch
+from jaxbert.progress import StepRate
 from jaxbert.samplers import epoch_plan
 from jaxbert.tasks import Task
 from jaxbert.tokenization import BertTokenizer
@@ -58,6 +61,15 @@ def run_plans(config: Config, train: dict[str, data_lib.Encoded], seed: int) -> 
     return plans
 
 
+def stage_plans(config: Config, data: dict[str, dict[str, data_lib.Encoded]]) -> list[list[list[dict]]]:
+    """`run_plans` of every stage of `run_stages(config)`, in order, each over the stage's own tasks."""
+    plans = []
+    for stage in run_stages(config):
+        train = {task: splits["train"] for task, splits in data.items() if task in stage.config.tasks}
+        plans.append(run_plans(stage.config, train, stage.plan_seed))
+    return plans
+
+
 def plan_for(config: Config, train: dict[str, data_lib.Encoded], epoch: int,
              seed: int | None = None) -> list[dict[str, np.ndarray]]:
     """The batches of 0-based `epoch`, drawn with `seed` (default `data_seed(train)`)."""
@@ -69,11 +81,22 @@ def plan_for(config: Config, train: dict[str, data_lib.Encoded], epoch: int,
                       group_batches=t.group_by_length)
 
 
-def step_batches(train: dict[str, data_lib.Encoded], step: dict[str, np.ndarray], buckets: list[int]) -> dict:
-    """Host arrays for one step, each task padded to the bucket of its own longest example. The step compiles
-    once per combination of buckets that occurs; length-grouped plans keep the combinations few."""
-    return {task: data_lib.make_batch(train[task], idx, data_lib.batch_length(train[task], idx, buckets))
-            for task, idx in step.items()}
+def step_batches(train: dict[str, data_lib.Encoded], step: dict[str, np.ndarray], buckets: list[int],
+                 shapes: str = choices.STEP_SHAPES[0]) -> dict:
+    """Host arrays for one step, each task padded to the bucket of its own longest example (`data.step_shapes`
+    per_task), or every task to the step's longest one (step_max). The step compiles once per combination of
+    shapes that occurs: per_task up to len(buckets) ** tasks of them (length-grouped plans keep them few),
+    step_max at most len(buckets) per set of tasks and batch sizes, at the cost of computing on more padding."""
+    lengths = {task: data_lib.batch_length(train[task], idx, buckets) for task, idx in step.items()}
+    if shapes == "step_max":
+        lengths = dict.fromkeys(lengths, max(lengths.values()))
+    return {task: data_lib.make_batch(train[task], idx, lengths[task]) for task, idx in step.items()}
+
+
+def step_signature(batches: dict[str, dict[str, jax.Array]]) -> tuple:
+    """What decides the train step's compiled program among a stage's steps: its batches' tasks, arrays and
+    shapes."""
+    return jax.tree.structure(batches), tuple(leaf.shape for leaf in jax.tree.leaves(batches))
 
 
 def predict_split(encoded: data_lib.Encoded, predict: Callable, params: Any, mesh, batch_size: int,
@@ -164,23 +187,6 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def data_seed(t: TrainConfig) -> int:
-    """The seed of the batch order."""
-    return t.seed if t.data_seed is None else t.data_seed
-
-
-def seed_configs(config: Config) -> list[Config]:
-    """The config of every seed of a multi-seed run: the single-seed run that trains it, into `<out>/seed<k>/`.
-
-    A vmapped run pins their batch order to its own (`data_seed`); one run after another leaves it to each seed.
-    """
-    t = config.train
-    return [replace(config, {"out": str(Path(config.out) / f"seed{seed}"), "train.seed": seed, "train.seeds": 1,
-                             "train.vmap_seeds": False,
-                             "train.data_seed": data_seed(t) if t.vmap_seeds else t.data_seed})
-            for seed in t.seed_list]
-
-
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The rows of a `metrics.jsonl` (none if it is absent); a line cut short by a killed run is dropped."""
     rows = []
@@ -236,17 +242,19 @@ def optimizer_span(stages: list[Stage], k: int) -> list[Stage]:
 
 
 class Recorder:
-    """Where a run's results go: each seed's folder, dev history, best score and best checkpoint, TensorBoard
+    """Where a run's results go: each member's folder, dev history, best score and best checkpoint, TensorBoard
     writer, `metrics.jsonl` and `results.json`, and the run's latest checkpoint of the whole state.
 
-    The state is stacked over the seeds. A single-seed run's one seed writes into the run's own folder (its
-    best checkpoint beside the latest); a vmapped run writes each seed into `<out>/seed<k>/`, as a single-seed
-    run would, and keeps the stacked latest state in the run's `checkpoints/` for `--resume`.
+    The state is stacked over the members (`jaxbert.members`: seeds, times the points of a sweep). A run of one
+    member writes into the run's own folder (its best checkpoint beside the latest); every member of a vmapped
+    run or sweep writes into its own folder, as its single run would, and the run keeps the stacked latest state
+    in its `checkpoints/` for `--resume`.
     """
 
     def __init__(self, config: Config):
         self.out = Path(config.out)
-        self.configs = seed_configs(config) if len(config.train.seed_list) > 1 else [config]
+        self.members = members(config)
+        self.configs = [member.config for member in self.members]
         self.store = CheckpointStore(self.out / "checkpoints")
         self.best_stores = [self.store] if len(self.configs) == 1 else [
             CheckpointStore(Path(c.out) / "checkpoints") for c in self.configs]
@@ -255,14 +263,21 @@ class Recorder:
         self.writes = distributed.is_writer()  # the files beside the checkpoints are process 0's
         if len(self.configs) > 1 and self.writes:
             for single in self.configs:
-                Path(single.out).mkdir(exist_ok=True)
+                Path(single.out).mkdir(parents=True, exist_ok=True)
                 save_config(single, Path(single.out) / "config.yaml")
         self.writers = [_summary_writer(Path(c.out) / "tensorboard") if self.writes else _NoWriter()
                         for c in self.configs]
 
     @property
     def seeds(self) -> list[int]:
-        return [c.train.seed for c in self.configs]
+        """Each member's seed, in the order of the state's member axis."""
+        return [member.seed for member in self.members]
+
+    @property
+    def sweep(self) -> dict[str, np.ndarray]:
+        """`{swept key: [members] float32}`: each member's value of each key its sweep varies."""
+        return {key: np.asarray([member.point[key] for member in self.members], np.float32)
+                for key in self.members[0].point}
 
     def progress(self, position: dict[str, int]) -> dict[str, Any]:
         """What a checkpoint records beside the state: the loop position (stage, epoch, step in it) and every
@@ -348,7 +363,7 @@ class Recorder:
                 f"{' (best)' if improved[k] else ''}")
 
     def label(self, k: int) -> str:
-        return f"seed {self.seeds[k]} " if len(self.configs) > 1 else ""
+        return f"{self.members[k].label} " if len(self.members) > 1 else ""
 
     def best_params(self, params: Any) -> Any:
         """Every seed's params from its best checkpoint (`params`, its latest, if it has none), stacked like
@@ -380,8 +395,8 @@ class Recorder:
     def write_results(self, data, evaluations: dict[str, list[tuple[dict, dict]]], steps: int, start_time: float,
                       log: Callable[[str], None]) -> dict[int, dict[str, Any]]:
         """Each seed's `results.json`, dev curves and prediction files, from its best params' `evaluations`
-        (`{split: evaluate(...)}`); returns `{seed: results}`."""
-        by_seed = {}
+        (`{split: evaluate(...)}`); returns `{member key: results}` (`Member.key`: the seed without a sweep)."""
+        by_member = {}
         for k, (single, record) in enumerate(zip(self.configs, self.records)):
             out, history = Path(single.out), record["history"]
             results: dict[str, Any] = {
@@ -400,8 +415,8 @@ class Recorder:
                 (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
             log(f"{self.label(k)}best dev (epoch {results['best_epoch']}): "
                 f"{json.dumps(results['metrics'].get('dev', {}))}")
-            by_seed[single.train.seed] = results
-        return by_seed
+            by_member[self.members[k].key] = results
+        return by_member
 
 
 @dataclasses.dataclass(frozen=True)
@@ -416,16 +431,14 @@ class Run:
     recorder: Recorder
     log: Callable[[str], None]
     stop: StopRequests
+    plans: list[list[list[dict]]]  # `stage_plans`: drawn once, as a carried optimizer's schedule needs them all
     # Optimizer and jitted step of each entry of `config.stages`, built once: every cycle reuses them.
     steps: dict[int, tuple[optax.GradientTransformation, Callable]] = dataclasses.field(default_factory=dict)
 
 
 def stage_updates(run: Run, stage: Stage) -> int:
     """The optimizer updates `stage` makes."""
-    t = stage.config.train
-    train = {task: splits["train"] for task, splits in run.data.items() if task in stage.config.tasks}
-    return sum(updates_per_step(t, len(step)) for plan in run_plans(stage.config, train, stage.plan_seed)
-               for step in plan)
+    return sum(updates_per_step(stage.config.train, len(step)) for plan in run.plans[stage.index] for step in plan)
 
 
 def stage_step(run: Run, stage: Stage, params: Any,
@@ -435,7 +448,11 @@ def stage_step(run: Run, stage: Stage, params: Any,
     entry = stage.index % max(len(run.config.stages), 1)
     if entry not in run.steps:
         tx = build.optimizer(stage.config, params, total_updates)
-        run.steps[entry] = tx, build.train_step(run.model, tx, stage.config, run.recorder.seeds, run.mesh)
+        sweep = run.recorder.sweep
+        lr_optimizer = (partial(build.optimizer, stage.config, params, total_updates) if "train.lr" in sweep
+                        else None)
+        run.steps[entry] = tx, build.train_step(run.model, tx, stage.config, run.recorder.seeds, run.mesh, sweep,
+                                                lr_optimizer)
     return run.steps[entry]
 
 
@@ -453,7 +470,7 @@ def run_stage(run: Run, stage: Stage, params: Any, start_step: jax.Array, positi
     """
     config, t, recorder = stage.config, stage.config.train, run.recorder
     train = {task: splits["train"] for task, splits in run.data.items() if task in config.tasks}
-    plans = run_plans(config, train, stage.plan_seed)
+    plans = run.plans[stage.index]
     epoch_steps = [len(plan) for plan in plans]
     total_steps = sum(epoch_steps)
     total_updates = sum(stage_updates(run, s) for s in optimizer_span(run_stages(run.config), stage.index))
@@ -467,7 +484,7 @@ def run_stage(run: Run, stage: Stage, params: Any, start_step: jax.Array, positi
         run.log(f"resumed from step {current_step(state)} ({label}epoch {position['epoch'] + 1}, "
                 f"step {position['step_in_epoch']} of it)")
 
-    global_step = current_step(state)
+    global_step, meter = current_step(state), StepRate()
     for epoch in range(position["epoch"], t.epochs):
         if epoch_steps[epoch] == 0:
             break
@@ -476,26 +493,27 @@ def run_stage(run: Run, stage: Stage, params: Any, start_step: jax.Array, positi
         bar = tqdm(range(first, len(plan)), desc=f"{label}epoch {epoch + 1}/{t.epochs}", initial=first,
                    total=len(plan), dynamic_ncols=True, disable=None)
         examples, tick = 0, time.time()
-        device_batches = prefetch(shard_batch(step_batches(train, plan[i], config.data.buckets), run.mesh)
+        device_batches = prefetch(shard_batch(step_batches(train, plan[i], config.data.buckets,
+                                                           config.data.step_shapes), run.mesh)
                                   for i in range(first, len(plan)))
         pending = []  # (global step, its metrics on the device) since the host last looked at them
         preempted = ""
         for i, batches in zip(bar, device_batches):
             state, step_metrics = train_step(state, batches)
-            examples += sum(len(b["input_ids"]) for b in batches.values())
+            size = sum(len(b["input_ids"]) for b in batches.values())
+            examples += size
+            meter.step(size, step_signature(batches))
             step, global_step = i + 1, global_step + 1
             pending.append((global_step, step_metrics))
             where = {"stage": stage.index, "epoch": epoch, "step_in_epoch": step}
             if step % t.log_every == 0 or step == len(plan):
                 check_finite(pending, state, stage, where, run)
-                rate = examples / max(time.time() - tick, 1e-9)
-                loss = recorder.log_step(step_metrics, rate, global_step, stage)
-                bar.set_postfix(loss=loss, ex_s=f"{rate:.0f}")
+                meter.mark()  # check_finite waited for the step: the interval's time is its steps'
+                loss = recorder.log_step(step_metrics, meter.rate, global_step, stage)
+                bar.set_postfix(loss=loss, ex_s=f"{meter.rate:.0f}")
                 done = sum(epoch_steps[:epoch]) + step
                 if bar.disable:  # no terminal (a log file, CI): the same figures as plain lines
-                    eta = (total_steps - done) * (time.time() - tick) / max(step - first, 1)
-                    run.log(f"{label}step {done}/{total_steps} loss {loss} "
-                            f"{rate:.0f} examples/s, ETA {eta / 60:.1f} min (this epoch's rate)")
+                    run.log(f"{label}step {done}/{total_steps} loss {loss}, {meter.summary(total_steps - done)}")
             if run.stop.requested(global_step):
                 preempted = (f"preempted by {run.stop.name} at step {global_step} ({label}epoch {epoch + 1}, step "
                              f"{step} of {len(plan)}), checkpointed: continue with --resume")
@@ -507,11 +525,13 @@ def run_stage(run: Run, stage: Stage, params: Any, start_step: jax.Array, positi
             if t.checkpoint_every and step % t.checkpoint_every == 0 and step < len(plan):
                 check_finite(pending, state, stage, where, run)
                 recorder.save_latest(state, where)
+                meter.stall()
         bar.close()
         check_finite(pending, state, stage, {"stage": stage.index, "epoch": epoch, "step_in_epoch": len(plan)}, run)
         evaluations = evaluate(run.data, run.predictors, state.params, run.mesh, config, "dev")
         recorder.end_epoch(evaluations, state, stage, {"stage": stage.index, "epoch": epoch + 1, "step_in_epoch": 0},
                            examples / max(time.time() - tick, 1e-9), run.log)
+        meter.stall()  # the evaluation and the checkpoints
         if preempted:
             raise RunStopped(preempted)
     return state
@@ -577,6 +597,8 @@ def train_and_evaluate(config: Config, log: Callable[[str], None] = print, *, re
     the data) is checked before a file is written.
     """
     distributed.initialize(config.distributed)
+    if not dry_run:  # which writes nothing, compiled programs included
+        compilation.use_cache(config)
     writer = distributed.is_writer()
     log = log if writer else (lambda _: None)  # one log, process 0's
     mesh = data_mesh()
@@ -618,14 +640,14 @@ def _train_seeds(config: Config, encoder: build.Encoder, data: dict[str, dict[st
                  log: Callable[[str], None], start: run_folder.Start, resume: bool) -> Any:
     """`train_and_evaluate` once the run may start: every seed, in one program or one after another."""
     seeds = config.train.seed_list
-    if len(seeds) == 1 or config.train.vmap_seeds:
+    if in_one_program(config):
         by_seed = train_run(config, encoder, data, mesh, log, start)
     else:  # one ordinary run per seed, each in its own folder, resumed or skipped as a run of its own
         if distributed.is_writer():
             Path(config.out).mkdir(parents=True, exist_ok=True)
             save_config(config, Path(config.out) / "config.yaml")
         by_seed = {}
-        for single in seed_configs(config):
+        for single in (member.config for member in members(config)):
             seed = single.train.seed
             seed_log = lambda line, s=seed: log(f"seed {s}: {line}")  # noqa: E731
             seed_start = run_folder.check_start(single, resume, check_lock=False)  # the run's folder is locked
@@ -637,24 +659,26 @@ def _train_seeds(config: Config, encoder: build.Encoder, data: dict[str, dict[st
                 by_seed[seed] = run_folder.saved_results(single)
                 continue
             by_seed.update(train_run(single, encoder, data, mesh, seed_log, seed_start))
-    if len(seeds) > 1:
-        log_seed_summary(by_seed, config.train.select_by, log)
+    run_members = members(config)
+    if len(run_members) > 1:
+        log_seed_summary(run_members, by_seed, config.train.select_by, log)
     out = Path(config.out)
-    where = out / "seed*" if len(seeds) > 1 else out
+    where = out / ("*/seed*" if config.sweep else "seed*") if len(run_members) > 1 else out
     log(f"results: {where / 'results.json'}; predictions: {where / 'predictions'}/; dev curves: "
         f"{where / 'dev_curves.png'}; train and dev metrics per step: {where / 'metrics.jsonl'} and "
         f"`tensorboard --logdir {out}`")
-    return by_seed if len(seeds) > 1 else by_seed[seeds[0]]
+    return by_seed if len(run_members) > 1 else by_seed[seeds[0]]
 
 
 def train_run(config: Config, encoder: build.Encoder, data: dict[str, dict[str, data_lib.Encoded]], mesh: Mesh,
               log: Callable[[str], None], start: run_folder.Start) -> dict[int, dict[str, Any]]:
-    """Trains one run (a single seed, or seeds vmapped in one program) into `config.out`, new or from the
-    checkpoint `start` found; returns `{seed: results}`."""
-    t, out = config.train, Path(config.out)
+    """Trains one run (a single seed, or the members of vmapped seeds or a sweep in one program) into `config.out`,
+    new or from the checkpoint `start` found; returns `{member key: results}` (`Member.key`)."""
+    out = Path(config.out)
     start_time = time.time()
-    model = build.model(config, encoder.config)
-    params = build.initial_params(model, encoder.params, t.seed_list)
+    program = program_config(config)
+    model = build.model(program, encoder.config)
+    params = build.initial_params(model, encoder.params, [member.seed for member in members(config)])
     if start.progress is not None:  # before anything is written: the checkpoint must be this model's
         store = CheckpointStore(out / "checkpoints", read_only=True)
         store.check_fits(params, step=start.step)
@@ -664,7 +688,8 @@ def train_run(config: Config, encoder: build.Encoder, data: dict[str, dict[str, 
         save_config(config, out / "config.yaml")
     recorder = Recorder(config)
     recorder.save_encoder_files(encoder)
-    run = Run(config, model, data, build.predict_steps(model, mesh), mesh, recorder, log, StopRequests())
+    run = Run(program, model, data, build.predict_steps(model, mesh), mesh, recorder, log, StopRequests(),
+              stage_plans(program, data))
 
     position, resume = {"stage": 0, "epoch": 0, "step_in_epoch": 0}, start.step  # the checkpoint's step, or None
     if start.mode == "resume" and resume is None:
@@ -678,7 +703,7 @@ def train_run(config: Config, encoder: build.Encoder, data: dict[str, dict[str, 
     recorder.rewrite_metrics(resume or 0)
     # Replicated once, so placing them in each stage's state copies nothing.
     params, step = replicate(params, mesh), jnp.zeros((len(recorder.seeds),), jnp.int32)
-    stages, opt_state = run_stages(config), None
+    stages, opt_state = run_stages(program), None
     with run.stop:
         for stage in stages[position["stage"]:]:
             state = run_stage(run, stage, params, step, position, resume, opt_state)
@@ -706,10 +731,7 @@ def describe_run(config: Config, data: dict[str, dict[str, data_lib.Encoded]], e
     e = encoder.config
     stages = run_stages(config)
     carried = sum(stage.carries for stage in stages)
-    steps = []
-    for stage in stages:
-        train = {task: data[task]["train"] for task in stage.config.tasks}
-        steps.append(sum(len(plan) for plan in run_plans(stage.config, train, stage.plan_seed)))
+    steps = [sum(len(plan) for plan in plans) for plans in stage_plans(config, data)]
     sizes = ", ".join(f"{task} ({', '.join(f'{len(encoded):,} {split}' for split, encoded in splits.items())})"
                       for task, splits in data.items())
     smart = config.smart
@@ -733,18 +755,34 @@ def describe_run(config: Config, data: dict[str, dict[str, data_lib.Encoded]], e
         + (f"; {carried} stage(s) carry the optimizer of the stage before" if carried else "")
         + (f", train.max_steps {t.max_steps} per stage" if t.max_steps is not None else ""),
         f"devices: {mesh.devices.size} × {mesh.devices.flat[0].platform}; seed(s) {', '.join(map(str, seeds))}"
-        + (" vmapped in one program" if t.vmap_seeds else " one after another" if len(seeds) > 1 else ""),
+        + (" vmapped in one program" if t.vmap_seeds else " one after another" if len(seeds) > 1 else "")
+        + f"; compilation cache {compilation.cache_folder(config) or 'off'}",
     ]
+    if config.sweep:
+        points = sweep_points(config)
+        lines.append(f"sweep: {len(points)} point(s) × {len(seeds)} seed(s), {len(points) * len(seeds)} members in one "
+                     f"program, each into {out.absolute()}/<point>/seed<k>: "
+                     + "; ".join(f"{key} {', '.join(f'{v:g}' for v in values)}" for key, values in config.sweep.items()))
     return lines
 
 
-def log_seed_summary(by_seed: dict[int, dict[str, Any]], select_by: str, log: Callable[[str], None]) -> None:
-    scores = [selection_score(r["metrics"]["dev"], select_by) for r in by_seed.values() if r["metrics"].get("dev")]
-    scores = [s for s in scores if s is not None]
-    if scores:
-        log(f"{len(by_seed)} seeds {min(by_seed)}-{max(by_seed)}: best dev {select_by} {np.mean(scores):.4f} "
-            f"± {np.std(scores, ddof=1) if len(scores) > 1 else 0.0:.4f} (mean ± sample std), "
-            f"per seed {', '.join(f'{s:.4f}' for s in scores)}")
+def log_seed_summary(run_members: list[Member], results: dict[Any, dict[str, Any]], select_by: str,
+                     log: Callable[[str], None]) -> None:
+    """One line per sweep point (the run, without a sweep): its seeds' best dev score, mean ± sample std."""
+    points: dict[str, list[Member]] = {}
+    for member in run_members:
+        points.setdefault(point_name(member.point), []).append(member)
+    for name, group in points.items():
+        scored = [(m.seed, selection_score(results[m.key]["metrics"]["dev"], select_by)) for m in group
+                  if results[m.key]["metrics"].get("dev")]
+        scored = [(seed, score) for seed, score in scored if score is not None]
+        seeds, scores = zip(*scored) if scored else ((), ())
+        if len(scores) == 1:
+            log(f"{name + ': ' if name else ''}seed {seeds[0]}: best dev {select_by} {scores[0]:.4f}")
+        elif scores:
+            log(f"{name + ': ' if name else ''}{len(scores)} seeds {min(seeds)}-{max(seeds)}: best dev {select_by} "
+                f"{np.mean(scores):.4f} ± {np.std(scores, ddof=1):.4f} (mean ± sample std), per seed "
+                f"{', '.join(f'{s:.4f}' for s in scores)}")
 
 
 class _NoWriter:

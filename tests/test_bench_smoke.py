@@ -28,7 +28,7 @@ def test_tiny_run_writes_every_row(tmp_path):
     # Unoptimized XLA code generation halves the step's compilation, which is most of what this test waits for.
     env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
     subprocess.run([sys.executable, "benchmarks/bench_step.py", "--model", "tiny", "--batch", "2", "--seq", "8",
-                    "--steps", "1", "--warmup", "1", "--rows", "jax,jax-vmap2,torch,input", "--in-process", "--cpus", "1",
+                    "--steps", "1", "--warmup", "1", "--rows", "jax,jax-vmap2,jax-sweep2,torch,input", "--in-process", "--cpus", "1",
                     "--accumulation", "2", "--remat", "--attention", "xla", "--attention-dropout", "0",
                     "--out", str(out)], cwd=ROOT, env=env, check=True, capture_output=True)
     report = json.loads(out.read_text())
@@ -36,7 +36,7 @@ def test_tiny_run_writes_every_row(tmp_path):
         {"accumulation": 2, "remat": True, "attention": "xla", "attention_dropout": 0.0}
     assert report["model_config"]["attention_probs_dropout_prob"] == 0.0
     rows = {r["row"]: r for r in report["rows"]}
-    assert list(rows) == ["jax", "jax-vmap2", "torch", "input"]
+    assert list(rows) == ["jax", "jax-vmap2", "jax-sweep2", "torch", "input"]
     assert not [r["error"] for r in rows.values() if "error" in r]
     assert rows["jax"]["params"] == rows["torch"]["params"]  # the same network on both sides
     for name in ("jax", "torch"):
@@ -48,9 +48,14 @@ def test_tiny_run_writes_every_row(tmp_path):
     assert vmapped["loss"][0] == pytest.approx(rows["jax"]["loss"], rel=1e-5)
     assert vmapped["loss"][1] != pytest.approx(vmapped["loss"][0], rel=1e-3)
     assert vmapped["examples_per_s"] == pytest.approx(2 * 3 * 2 / (vmapped["step_ms_median"] / 1e3))
+    # A sweep's first member is the `jax` row's run at its learning rate, the second at twice that.
+    swept = rows["jax-sweep2"]
+    assert swept["learning_rates"] == pytest.approx([2e-5, 4e-5]) and "seeds" not in swept
+    assert swept["loss"][0] == pytest.approx(rows["jax"]["loss"], rel=1e-5)
+    assert swept["loss"][1] != swept["loss"][0]
     assert rows["input"]["steps_per_epoch"] == 5180 // 2  # round-robin epoch = the smallest task (sts)
     assert set(report["ratios"]) == {"input_batches_over_jax_steps", "jax_over_torch_examples_per_s",
-                                     "jax-vmap2_over_sequential_throughput"}
+                                     "jax-vmap2_over_sequential_throughput", "jax-sweep2_over_sequential_throughput"}
     assert report["ratios"]["jax-vmap2_over_sequential_throughput"] == pytest.approx(
         2 * rows["jax"]["step_ms_median"] / vmapped["step_ms_median"])
     assert report["environment"]["versions"]["jax"] == jax.__version__
@@ -82,7 +87,10 @@ def test_vmap_row_ratio_is_seeds_times_plain_over_vmapped_step(bench):
     assert ratios == pytest.approx({"jax-vmap4_over_sequential_throughput": 1.6})
     assert bench.ratio_lines(ratios) == ["4 seeds vmapped in one step / 4 plain steps one after another: 1.60× the "
                                          "throughput"]
-    assert bench.vmap_seeds("jax-vmap12") == 12
+    sweep = bench.summarize([rows[0], {**rows[1], "row": "jax-sweep4"}])
+    assert bench.ratio_lines(sweep) == ["4 learning rates vmapped in one step / 4 plain steps one after another: "
+                                        "1.60× the throughput"]
+    assert bench.vmap_seeds("jax-vmap12") == 12 and bench.sweep_size("jax-sweep3") == 3
     assert bench.vmap_seeds("jax-vmap") is None and bench.vmap_seeds("jax-vmap0") is None
 
 
