@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="results/parity_ab", help="results folder (default results/parity_ab)")
     parser.add_argument("--report-only", action="store_true", help="write the table from the runs that exist")
     args, rest = parser.parse_known_args(argv)
-    from jaxbert.experiments import code_commit
+    from jaxbert.run_folder import code_commit
 
     out = Path(args.out)
     try:

@@ -37,7 +37,6 @@ import dataclasses
 import json
 import math
 import re
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -361,29 +360,6 @@ def describe_plan(suite: Suite, results: str | Path, jobs: Sequence[Job], seeds:
 # ------------------------------------------------------------------------------------------------------- run
 
 
-def code_commit() -> str:
-    """`git rev-parse --short HEAD` of the checkout holding this code, `-dirty` when it has uncommitted changes
-    or files git neither tracks nor ignores (new code the commit lacks); `unknown` outside a git checkout."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        changes = subprocess.run(["git", "-C", str(root), "status", "--porcelain"],
-                                 capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("-dirty" if changes else "")
-
-
-def record_commit(folder: Path, commit: str) -> None:
-    """Appends `commit` to the run's commit.txt unless it is already the last line: one line per code version
-    the run was trained with (a resumed run may span two)."""
-    path = folder / "commit.txt"
-    lines = path.read_text().split() if path.is_file() else []
-    if lines[-1:] != [commit]:
-        path.write_text("".join(f"{line}\n" for line in [*lines, commit]))
-
-
 def share_compilations(cache_dir: Path) -> None:
     """Points JAX's persistent compilation cache at `cache_dir` unless one is configured already.
 
@@ -400,12 +376,8 @@ def run_jobs(jobs: Sequence[Job], log: Callable[[str], None] = print) -> None:
     """Trains each job in turn; an exception stops the suite (rerunning it resumes where it stopped)."""
     from jaxbert.training import train_and_evaluate  # JAX is only needed once something trains
 
-    commit = code_commit()
     for i, job in enumerate(jobs, 1):
         config = job.config()
-        for folder in job.folders:
-            folder.mkdir(parents=True, exist_ok=True)
-            record_commit(folder, commit)
         label = (f"{job.row}{' (sweep)' if job.sweep else ''} seed{'s' if len(job.seeds) > 1 else ''} "
                  f"{','.join(map(str, job.seeds))}")
         log(f"[{i}/{len(jobs)}] {label} → {config.out}")

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -273,3 +274,25 @@ def _what_is_there(folder: Path) -> list[str]:
     seeds = [p.name for p in _seed_folders(folder) if is_used(p)]
     return [*found, *([f"{len(seeds)} seed folder(s)"] if seeds else [])]
 
+
+def code_commit() -> str:
+    """`git rev-parse --short HEAD` of the checkout holding this code, `-dirty` when it has uncommitted changes
+    or files git neither tracks nor ignores (new code the commit lacks); `unknown` outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        changes = subprocess.run(["git", "-C", str(root), "status", "--porcelain"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if changes else "")
+
+
+def record_commit(folder: Path, commit: str) -> None:
+    """Appends `commit` to the run's commit.txt unless it is already the last line: one line per code version
+    the run was trained with (a resumed run may span two)."""
+    path = folder / "commit.txt"
+    lines = path.read_text().split() if path.is_file() else []
+    if lines[-1:] != [commit]:
+        path.write_text("".join(f"{line}\n" for line in [*lines, commit]))

@@ -686,6 +686,10 @@ def train_run(config: Config, encoder: build.Encoder, data: dict[str, dict[str, 
     out.mkdir(parents=True, exist_ok=True)
     if distributed.is_writer():
         save_config(config, out / "config.yaml")
+        commit = run_folder.code_commit()  # a resumed run trained by newer code adds a line
+        for folder in dict.fromkeys([out, *(Path(member.config.out) for member in members(config))]):
+            folder.mkdir(parents=True, exist_ok=True)
+            run_folder.record_commit(folder, commit)
     recorder = Recorder(config)
     recorder.save_encoder_files(encoder)
     run = Run(program, model, data, build.predict_steps(model, mesh), mesh, recorder, log, StopRequests(),

@@ -11,7 +11,7 @@ import yaml
 import predict
 import train
 from conftest import ARGS, dev_rows, sentence, workspace  # noqa: F401 (fixture)
-from jaxbert import experiments
+from jaxbert import experiments, run_folder
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
@@ -71,6 +71,7 @@ def test_own_tasks_train_through_train_py(own_run):
     sim = [line.split(" , ") for line in (predictions / "mysim-dev-output.csv").read_text().splitlines()[1:]]
     assert sim[0][0] == "s0" and all(0 <= float(v) <= 1 for _, v in sim)  # the cosine head spans label_range
     assert (own_run / "encoder" / "config.json").is_file() and (own_run / "encoder" / "vocab.txt").is_file()
+    assert (own_run / "commit.txt").read_text().splitlines() == [run_folder.code_commit()]
 
 
 def test_predict_py_gives_the_runs_own_predictions(workspace, own_run, tmp_path, capsys):
